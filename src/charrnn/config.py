@@ -1,0 +1,50 @@
+"""Checks the composed config before anything runs, so a bad value fails in one line that names it."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from charrnn.errors import CharRNNError
+from charrnn.model import CELLS
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise CharRNNError(f"{key}: {value!r} is not allowed; {allowed}")
+
+
+def _positive_int(value, key: str) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, value,
+             "use a whole number > 0")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Every user-facing value of a training config, checked against its allowed range."""
+    model, data, trainer = cfg.model, cfg.data, cfg.trainer
+    _require(model.cell in CELLS, "model.cell", model.cell, f"choose one of {', '.join(CELLS)}")
+    for key in ("embedding_dim", "rnn_units", "num_layers"):
+        _positive_int(model[key], f"model.{key}")
+    for key in ("dropout", "emb_dropout", "out_dropout"):
+        value = model[key]
+        _require(isinstance(value, (int, float)) and 0 <= value < 1, f"model.{key}", value,
+                 "use a probability in [0, 1)")
+    for key in ("seq_length", "batch_size", "val_streams"):
+        _positive_int(data[key], f"data.{key}")
+    value = data.val_frac
+    _require(isinstance(value, (int, float)) and 0 < value < 1, "data.val_frac", value,
+             "use a fraction strictly between 0 and 1")
+    _require(str(trainer.precision) in PRECISIONS, "trainer.precision", trainer.precision,
+             f"choose one of {', '.join(PRECISIONS)}")
+    _require(trainer.accelerator in ACCELERATORS, "trainer.accelerator", trainer.accelerator,
+             f"choose one of {', '.join(ACCELERATORS)}")
+    epochs = trainer.get("max_epochs")
+    _require(epochs is None or (isinstance(epochs, int) and (epochs > 0 or epochs == -1)),
+             "trainer.max_epochs", epochs, "use a whole number > 0 (or -1 for no limit)")
+    lr = cfg.optimizer.get("lr")
+    _require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "use a number > 0")
+    clip = trainer.get("gradient_clip_val")
+    _require(clip is None or (isinstance(clip, (int, float)) and clip > 0),
+             "trainer.gradient_clip_val", clip, "use a number > 0, or null for no clipping")

@@ -1,0 +1,139 @@
+"""The corpus on disk: download (checksummed, atomic, cached), read and encode to ids."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.errors import CharRNNError
+from charrnn.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 16 << 20  # decode in slices so a 100 MB corpus never becomes one giant str
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _by_hand(url: str, dest: Path, sha256: str | None) -> str:
+    checksum = f" (sha256 {sha256})" if sha256 else ""
+    return (
+        f"download {url} yourself and save it as {dest}{checksum}, "
+        "or train on your own text with data.path=/path/to/text.txt"
+    )
+
+
+def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) -> Path:
+    """Fetches `url` to `dest` through a temp file, verifying length and sha256 before the rename.
+
+    Whatever goes wrong, nothing is left at `dest` or beside it.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        digest, received = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            expected = response.headers.get("Content-Length")
+            while block := response.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+                received += len(block)
+        if expected is not None and received != int(expected):
+            raise CharRNNError(
+                f"download of {url} stopped after {received} of {expected} bytes; "
+                + _by_hand(url, dest, sha256)
+            )
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise CharRNNError(
+                f"download of {url} has sha256 {digest.hexdigest()}, expected {sha256} "
+                "(tampered or wrong file; nothing was cached); " + _by_hand(url, dest, sha256)
+            )
+        os.replace(tmp, dest)
+        return dest
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise CharRNNError(f"could not download {url}: {reason}; " + _by_hand(url, dest, sha256)) from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def locate_corpus(
+    path: str | None, cache_dir: str, url: str, sha256: str | None, timeout: float = 30.0
+) -> Path:
+    """The corpus file to train on: the user's own `path`, or the verified cached download."""
+    if path:
+        own = Path(path).expanduser()
+        if not own.is_file():
+            raise CharRNNError(f"data.path: {own} does not exist; pass an existing UTF-8 text file")
+        return own
+    name = Path(urllib.parse.urlparse(url).path).name or "corpus.txt"
+    cached = Path(cache_dir).expanduser() / name
+    if sha256 is None:
+        log.warning("data.sha256 is null: %s will be used without verifying its contents", url)
+    if cached.is_file():
+        if sha256 is None or sha256_file(cached) == sha256.lower():
+            return cached
+        log.warning("cached %s does not match data.sha256; downloading it again", cached)
+    log.info("downloading %s to %s", url, cached)
+    return download(url, cached, sha256, timeout)
+
+
+def _decoded_slices(path: Path):
+    """Yields the file's text as code-point arrays, slice by slice, naming the byte of any bad UTF-8."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CharRNNError(f"data.path: {path} is empty; pass a UTF-8 text file with some text in it")
+    with open(path, "rb") as f:
+        start, carry = 0, b""
+        while block := f.read(CHUNK_BYTES):
+            block = carry + block
+            cut = len(block)
+            if f.tell() < size:  # hold back the last character, which may be split across reads
+                lead = cut - 1
+                while lead > 0 and block[lead] & 0xC0 == 0x80:
+                    lead -= 1
+                cut = lead or cut
+            try:
+                text = block[:cut].decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise CharRNNError(
+                    f"{path} is not UTF-8 text: byte offset {start + err.start} "
+                    f"(0x{block[err.start]:02x}); convert it to UTF-8 first"
+                ) from None
+            yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            start += cut
+            carry = block[cut:]
+
+
+def encode_file(path: Path, vocab: Vocab | None = None) -> tuple[Vocab, np.ndarray]:
+    """Reads and encodes a UTF-8 file in two vectorised passes: histogram → vocabulary, then ids.
+
+    Ids are stored in the narrowest unsigned type that holds them (1 byte per char for most text).
+    """
+    counts = np.zeros(0x110000, dtype=np.int64)
+    for codepoints in _decoded_slices(path):
+        counts += np.bincount(codepoints, minlength=0x110000)
+    vocab = vocab or Vocab.from_counts(counts)
+    dtype = np.uint8 if vocab.size <= 256 else np.uint16 if vocab.size <= 65536 else np.int32
+    ids = np.empty(int(counts.sum()), dtype=dtype)
+    at = 0
+    for codepoints in _decoded_slices(path):
+        ids[at : at + len(codepoints)] = vocab.encode_codepoints(codepoints)
+        at += len(codepoints)
+    return vocab, ids

@@ -1,0 +1,206 @@
+"""The DataModule: corpus → vocabulary → train windows (shuffled or stateful streams) and val streams."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+
+from charrnn.corpus import encode_file, locate_corpus
+from charrnn.errors import CharRNNError
+from charrnn.vocab import Vocab
+
+
+def split_ids(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous split: the last `val_frac` of the text is validation (nanoGPT's tiny-Shakespeare split)."""
+    n_train = int(len(ids) * (1.0 - val_frac))
+    return ids[:n_train], ids[n_train:]
+
+
+class WindowBatches(Dataset):
+    """Non-overlapping windows of seq_length+1 ids (input = first seq_length, target = last seq_length).
+
+    Indexed by (grid offset, window numbers) so a whole batch is one numpy gather, not 64 Python
+    calls; the offset lets each epoch move the window boundaries.
+    """
+
+    def __init__(self, ids: np.ndarray, seq_length: int):
+        self.ids = ids
+        self.seq_length = seq_length
+        self.count = (len(ids) - seq_length) // seq_length  # windows that fit at any offset < seq_length
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, item: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        offset, windows = item
+        starts = offset + np.asarray(windows, dtype=np.int64) * self.seq_length
+        block = self.ids[starts[:, None] + np.arange(self.seq_length + 1)]
+        block = torch.from_numpy(block.astype(np.int64))
+        return block[:, :-1], block[:, 1:]
+
+
+class ShuffledWindows(Sampler):
+    """One item per batch: the epoch's random grid offset and `batch_size` shuffled window numbers.
+
+    Randomness comes from the global torch generator (seeded by `seed`, identically on every rank);
+    rank r of `world` takes every world-th batch, so DDP ranks see disjoint batches.
+    """
+
+    def __init__(self, windows: WindowBatches, batch_size: int, shift: bool, rank=0, world=1):
+        self.windows, self.batch_size, self.shift = windows, batch_size, shift
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return len(self.windows) // self.batch_size // self.world
+
+    def __iter__(self):
+        offset = int(torch.randint(self.windows.seq_length, ()).item()) if self.shift else 0
+        order = torch.randperm(len(self.windows)).tolist()
+        for k in range(self.rank, len(self) * self.world, self.world):
+            yield offset, order[k * self.batch_size : (k + 1) * self.batch_size]
+
+
+class StreamBatches(Dataset):
+    """The text as `rows` contiguous streams read left to right, `seq_length` targets per batch.
+
+    Batch k+1 of row r continues exactly where batch k ended, so a model can carry its hidden state
+    (truncated BPTT). Indexed by (offset, k): the streams start `offset` characters in. Targets past
+    the end of the text are -100 (ignored), so every character after the offset is a target once.
+    """
+
+    def __init__(self, ids: np.ndarray, rows: int, seq_length: int):
+        self.ids, self.seq_length = ids, seq_length
+        self.rows = max(1, min(rows, len(ids) - 1))
+        self.length = math.ceil((len(ids) - 1) / self.rows)  # targets per row at offset 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.length / self.seq_length)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        offset, k = item
+        cols = np.arange(k * self.seq_length, min((k + 1) * self.seq_length, self.length) + 1)
+        pos = offset + np.arange(self.rows)[:, None] * self.length + cols
+        block = self.ids[np.minimum(pos, len(self.ids) - 1)].astype(np.int64)
+        targets = block[:, 1:].copy()
+        targets[pos[:, 1:] >= len(self.ids)] = -100
+        return torch.from_numpy(block[:, :-1]), torch.from_numpy(targets)
+
+
+class StreamOrder(Sampler):
+    """Batches of a StreamBatches in order, with a random start offset per epoch when `shift`.
+
+    Rows, not batches, are what DDP ranks share out: see CharDataModule.
+    """
+
+    def __init__(self, streams: StreamBatches, shift: bool):
+        self.streams, self.shift = streams, shift
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def __iter__(self):
+        offset = int(torch.randint(self.streams.seq_length, ()).item()) if self.shift else 0
+        for k in range(len(self)):
+            yield offset, k
+
+
+class CharDataModule(L.LightningDataModule):
+    """Owns the corpus file, the vocabulary and the batching of train and validation text."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        cache_dir: str = "data",
+        url: str = "",
+        sha256: str | None = None,
+        download_timeout: float = 30.0,
+        val_frac: float = 0.1,
+        seq_length: int = 100,
+        batch_size: int = 64,
+        val_streams: int = 16,
+        stateful: bool = False,
+        shift_windows: bool = True,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.vocab: Vocab | None = None
+        self.train_ids = self.val_ids = None
+
+    @property
+    def corpus_path(self):
+        h = self.hparams
+        return locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
+
+    def prepare_data(self) -> None:
+        self.corpus_path  # downloads once, on one process
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.vocab is not None:
+            return
+        path = self.corpus_path
+        vocab, ids = encode_file(path)
+        h = self.hparams
+        window = h.seq_length + 1
+        if len(ids) < window:
+            raise CharRNNError(
+                f"{path} has {len(ids)} characters, fewer than one window of "
+                f"data.seq_length+1 = {window}; use more text or a smaller data.seq_length"
+            )
+        train_ids, val_ids = split_ids(ids, h.val_frac)
+        for name, part in (("training", train_ids), ("validation", val_ids)):
+            if len(part) < window:
+                raise CharRNNError(
+                    f"the {name} split of {path} has {len(part)} characters, fewer than one window "
+                    f"of {window} (data.val_frac={h.val_frac}, data.seq_length={h.seq_length}); "
+                    "use more text, another data.val_frac or a smaller data.seq_length"
+                )
+        self.vocab, self.train_ids, self.val_ids = vocab, train_ids, val_ids
+        self.train_windows = WindowBatches(train_ids, h.seq_length)
+        if len(self.train_windows) < h.batch_size:
+            raise CharRNNError(
+                f"the training split has {len(self.train_windows)} windows, fewer than one batch of "
+                f"data.batch_size={h.batch_size}; use more text or a smaller data.batch_size"
+            )
+        # the val text is predicted from the last train character on: every val character is a target
+        self.val_text = ids[len(train_ids) - 1 :]
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        rank, world = self._rank_world()
+        if h.stateful:
+            rows = h.batch_size * world
+            streams = StreamBatches(self.train_ids, rows, h.seq_length)
+            return DataLoader(
+                _RowShard(streams, rank, world), sampler=StreamOrder(streams, h.shift_windows),
+                batch_size=None, num_workers=h.num_workers,
+            )
+        sampler = ShuffledWindows(self.train_windows, h.batch_size, h.shift_windows, rank, world)
+        return DataLoader(self.train_windows, sampler=sampler, batch_size=None, num_workers=h.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        streams = StreamBatches(self.val_text, self.hparams.val_streams * world, self.hparams.seq_length)
+        return DataLoader(_RowShard(streams, rank, world), sampler=StreamOrder(streams, False), batch_size=None)
+
+
+class _RowShard(Dataset):
+    """Rank r's rows r, r+world, ... of every stream batch, so each rank keeps whole streams."""
+
+    def __init__(self, streams: StreamBatches, rank: int, world: int):
+        self.streams, self.rank, self.world = streams, rank, world
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def __getitem__(self, item):
+        inputs, targets = self.streams[item]
+        return inputs[self.rank :: self.world], targets[self.rank :: self.world]

@@ -1,0 +1,61 @@
+"""Character vocabulary: the sorted characters of a corpus plus one reserved unknown id."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from charrnn.errors import CharRNNError
+
+
+class Vocab:
+    """Maps characters to ids 0..n-1 (sorted) and reserves id n for anything unseen.
+
+    It is stored in checkpoints as the plain string `chars`, so a checkpoint needs no pickle.
+    """
+
+    def __init__(self, chars: str):
+        if len(set(chars)) != len(chars) or list(chars) != sorted(chars):
+            raise CharRNNError("vocabulary must be sorted, unique characters")
+        if not chars:
+            raise CharRNNError("vocabulary is empty: the corpus has no characters")
+        self.chars = chars
+        self.unk_id = len(chars)
+        self.size = len(chars) + 1
+        self._index = {c: i for i, c in enumerate(chars)}
+        codepoints = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32)
+        # code point -> id lookup table: encoding a corpus is one numpy gather, not a Python loop
+        self._lut = np.full(int(codepoints.max()) + 1, self.unk_id, dtype=np.int32)
+        self._lut[codepoints] = np.arange(len(chars), dtype=np.int32)
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> Vocab:
+        """Builds the vocabulary from a per-code-point histogram (see corpus.count_codepoints)."""
+        return cls("".join(map(chr, np.flatnonzero(counts))))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and other.chars == self.chars
+
+    def __repr__(self) -> str:
+        return f"Vocab({self.size} ids: {self.chars!r} + <unk>)"
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of `text` this vocabulary has never seen, in order of appearance."""
+        return list(dict.fromkeys(c for c in text if c not in self._index))
+
+    def encode_codepoints(self, codepoints: np.ndarray) -> np.ndarray:
+        """Vectorised encode of a uint32 code-point array; unseen code points map to unk_id."""
+        ids = np.full(codepoints.shape, self.unk_id, dtype=np.int32)
+        known = codepoints < len(self._lut)
+        ids[known] = self._lut[codepoints[known]]
+        return ids
+
+    def encode(self, text: str) -> np.ndarray:
+        return self.encode_codepoints(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+
+    def decode(self, ids) -> str:
+        """Ids back to text; the unknown id decodes to U+FFFD."""
+        chars = self.chars
+        return "".join(chars[i] if 0 <= i < self.unk_id else "\ufffd" for i in np.asarray(ids).tolist())
