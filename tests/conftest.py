@@ -60,9 +60,14 @@ def train_config(run_dir: Path, *overrides: str):
 TINY = ("size=tiny", "data.seq_length=20", "data.batch_size=16", "data.val_streams=4")
 
 
-def run_cli(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, *args: str, cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Runs one of the real entry points (src/<script>) in a subprocess."""
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -25,8 +25,12 @@ class SampleText(L.Callback):
     """
 
     def __init__(
-        self, prompt: str = "ROMEO:", length: int = 300, temperature: float = 0.8,
-        top_k: int = 0, seed: int = 0,
+        self,
+        prompt: str = "ROMEO:",
+        length: int = 300,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        seed: int = 0,
     ):
         self.prompt, self.length, self.temperature = prompt, length, temperature
         self.top_k, self.seed = top_k, seed
@@ -39,7 +43,9 @@ class SampleText(L.Callback):
             kept = kept or ("\n" if "\n" in vocab.chars else vocab.chars[0])
             log.warning(
                 "callbacks.sample_text.prompt %r has characters not in this corpus (%s); sampling from %r",
-                self.prompt, ", ".join(map(repr, unknown)), kept,
+                self.prompt,
+                ", ".join(map(repr, unknown)),
+                kept,
             )
             self.prompt = kept
 
@@ -54,7 +60,9 @@ class SampleText(L.Callback):
         sample = self.prompt + text
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("sample", as_markdown_verbatim(sample), trainer.global_step)
+                logger.experiment.add_text(
+                    "sample", as_markdown_verbatim(sample), trainer.global_step
+                )
         log.info("sample after epoch %d:\n%s", trainer.current_epoch, sample)
 
 

@@ -17,8 +17,12 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 
 def _positive_int(value, key: str) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, value,
-             "use a whole number > 0")
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        key,
+        value,
+        "use a whole number > 0",
+    )
 
 
 def validate_train(cfg: DictConfig) -> None:
@@ -29,22 +33,46 @@ def validate_train(cfg: DictConfig) -> None:
         _positive_int(model[key], f"model.{key}")
     for key in ("dropout", "emb_dropout", "out_dropout"):
         value = model[key]
-        _require(isinstance(value, (int, float)) and 0 <= value < 1, f"model.{key}", value,
-                 "use a probability in [0, 1)")
+        _require(
+            isinstance(value, (int, float)) and 0 <= value < 1,
+            f"model.{key}",
+            value,
+            "use a probability in [0, 1)",
+        )
     for key in ("seq_length", "batch_size", "val_streams"):
         _positive_int(data[key], f"data.{key}")
     value = data.val_frac
-    _require(isinstance(value, (int, float)) and 0 < value < 1, "data.val_frac", value,
-             "use a fraction strictly between 0 and 1")
-    _require(str(trainer.precision) in PRECISIONS, "trainer.precision", trainer.precision,
-             f"choose one of {', '.join(PRECISIONS)}")
-    _require(trainer.accelerator in ACCELERATORS, "trainer.accelerator", trainer.accelerator,
-             f"choose one of {', '.join(ACCELERATORS)}")
+    _require(
+        isinstance(value, (int, float)) and 0 < value < 1,
+        "data.val_frac",
+        value,
+        "use a fraction strictly between 0 and 1",
+    )
+    _require(
+        str(trainer.precision) in PRECISIONS,
+        "trainer.precision",
+        trainer.precision,
+        f"choose one of {', '.join(PRECISIONS)}",
+    )
+    _require(
+        trainer.accelerator in ACCELERATORS,
+        "trainer.accelerator",
+        trainer.accelerator,
+        f"choose one of {', '.join(ACCELERATORS)}",
+    )
     epochs = trainer.get("max_epochs")
-    _require(epochs is None or (isinstance(epochs, int) and (epochs > 0 or epochs == -1)),
-             "trainer.max_epochs", epochs, "use a whole number > 0 (or -1 for no limit)")
+    _require(
+        epochs is None or (isinstance(epochs, int) and (epochs > 0 or epochs == -1)),
+        "trainer.max_epochs",
+        epochs,
+        "use a whole number > 0 (or -1 for no limit)",
+    )
     lr = cfg.optimizer.get("lr")
     _require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "use a number > 0")
     clip = trainer.get("gradient_clip_val")
-    _require(clip is None or (isinstance(clip, (int, float)) and clip > 0),
-             "trainer.gradient_clip_val", clip, "use a number > 0, or null for no clipping")
+    _require(
+        clip is None or (isinstance(clip, (int, float)) and clip > 0),
+        "trainer.gradient_clip_val",
+        clip,
+        "use a number > 0, or null for no clipping",
+    )

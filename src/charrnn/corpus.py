@@ -66,8 +66,13 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) ->
         os.replace(tmp, dest)
         return dest
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
-        reason = getattr(err, "reason", None) or err
-        raise CharRNNError(f"could not download {url}: {reason}; " + _by_hand(url, dest, sha256)) from err
+        if isinstance(err, urllib.error.HTTPError):
+            reason = f"HTTP {err.code} {err.reason}"
+        else:
+            reason = getattr(err, "reason", None) or err
+        raise CharRNNError(
+            f"could not download {url}: {reason}; " + _by_hand(url, dest, sha256)
+        ) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -98,7 +103,9 @@ def _decoded_slices(path: Path):
     """Yields the file's text as code-point arrays, slice by slice, naming the byte of any bad UTF-8."""
     size = path.stat().st_size
     if size == 0:
-        raise CharRNNError(f"data.path: {path} is empty; pass a UTF-8 text file with some text in it")
+        raise CharRNNError(
+            f"data.path: {path} is empty; pass a UTF-8 text file with some text in it"
+        )
     with open(path, "rb") as f:
         start, carry = 0, b""
         while block := f.read(CHUNK_BYTES):

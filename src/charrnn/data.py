@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from charrnn.corpus import encode_file, locate_corpus
 from charrnn.errors import CharRNNError
@@ -30,7 +31,9 @@ class WindowBatches(Dataset):
     def __init__(self, ids: np.ndarray, seq_length: int):
         self.ids = ids
         self.seq_length = seq_length
-        self.count = (len(ids) - seq_length) // seq_length  # windows that fit at any offset < seq_length
+        self.count = (
+            len(ids) - seq_length
+        ) // seq_length  # windows that fit at any offset < seq_length
 
     def __len__(self) -> int:
         return self.count
@@ -131,18 +134,18 @@ class CharDataModule(L.LightningDataModule):
         self.vocab: Vocab | None = None
         self.train_ids = self.val_ids = None
 
-    @property
-    def corpus_path(self):
+    def locate(self) -> Path:
+        """The corpus file, downloaded and verified first if it is not cached yet."""
         h = self.hparams
         return locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
 
     def prepare_data(self) -> None:
-        self.corpus_path  # downloads once, on one process
+        self.corpus_path = self.locate()  # Lightning calls this on one process per node
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        path = self.corpus_path
+        path = self.corpus_path = self.locate()
         vocab, ids = encode_file(path)
         h = self.hparams
         window = h.seq_length + 1
@@ -180,16 +183,24 @@ class CharDataModule(L.LightningDataModule):
             rows = h.batch_size * world
             streams = StreamBatches(self.train_ids, rows, h.seq_length)
             return DataLoader(
-                _RowShard(streams, rank, world), sampler=StreamOrder(streams, h.shift_windows),
-                batch_size=None, num_workers=h.num_workers,
+                _RowShard(streams, rank, world),
+                sampler=StreamOrder(streams, h.shift_windows),
+                batch_size=None,
+                num_workers=h.num_workers,
             )
         sampler = ShuffledWindows(self.train_windows, h.batch_size, h.shift_windows, rank, world)
-        return DataLoader(self.train_windows, sampler=sampler, batch_size=None, num_workers=h.num_workers)
+        return DataLoader(
+            self.train_windows, sampler=sampler, batch_size=None, num_workers=h.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        streams = StreamBatches(self.val_text, self.hparams.val_streams * world, self.hparams.seq_length)
-        return DataLoader(_RowShard(streams, rank, world), sampler=StreamOrder(streams, False), batch_size=None)
+        streams = StreamBatches(
+            self.val_text, self.hparams.val_streams * world, self.hparams.seq_length
+        )
+        return DataLoader(
+            _RowShard(streams, rank, world), sampler=StreamOrder(streams, False), batch_size=None
+        )
 
 
 class _RowShard(Dataset):

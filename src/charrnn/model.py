@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import hydra
@@ -12,6 +13,8 @@ from torch import nn
 
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
+
+log = logging.getLogger(__name__)
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -34,12 +37,17 @@ class CharRNN(nn.Module):
     ):
         super().__init__()
         if cell not in CELLS:
-            raise CharRNNError(f"model.cell: {cell!r} is not a cell type; choose one of {sorted(CELLS)}")
+            raise CharRNNError(
+                f"model.cell: {cell!r} is not a cell type; choose one of {sorted(CELLS)}"
+            )
         self.cell, self.num_layers, self.rnn_units = cell, num_layers, rnn_units
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.rnn = CELLS[cell](
-            embedding_dim, rnn_units, num_layers, batch_first=True,
+            embedding_dim,
+            rnn_units,
+            num_layers,
+            batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.out_dropout = nn.Dropout(out_dropout)
@@ -49,7 +57,9 @@ class CharRNN(nn.Module):
         zeros = torch.zeros(self.num_layers, batch, self.rnn_units, device=device)
         return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
-    def forward(self, ids: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+    def forward(
+        self, ids: torch.Tensor, hidden: Hidden | None = None
+    ) -> tuple[torch.Tensor, Hidden]:
         x = self.emb_dropout(self.embedding(ids))
         out, hidden = self.rnn(x, hidden)
         return self.head(self.out_dropout(out)), hidden
@@ -138,6 +148,15 @@ class CharLM(L.LightningModule):
             {"val/loss": loss, "val/bpc": loss / math.log(2), "val/loss_best": self.best_val_loss},
             prog_bar=True,
         )
+        if self.trainer.is_global_zero:
+            log.info(
+                "epoch %d step %d: val/loss %.4f (%.3f bpc), best %.4f",
+                self.current_epoch,
+                self.global_step,
+                loss,
+                loss / math.log(2),
+                self.best_val_loss,
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_val_loss"] = self.best_val_loss

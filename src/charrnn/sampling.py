@@ -26,7 +26,9 @@ def check_options(vocab: Vocab, prompt: str, length: int, temperature: float, to
     if temperature < 0:
         raise CharRNNError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if not 0 <= top_k <= vocab.unk_id:
-        raise CharRNNError(f"top_k must be between 0 (off) and the vocabulary size {vocab.unk_id}, got {top_k}")
+        raise CharRNNError(
+            f"top_k must be between 0 (off) and the vocabulary size {vocab.unk_id}, got {top_k}"
+        )
 
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import hydra
@@ -17,10 +18,20 @@ from charrnn.model import CharLM
 
 log = logging.getLogger(__name__)
 
-# Lightning prints through handlers of its own; route it through Hydra's (console + run-dir log file).
-for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-    logging.getLogger(_name).handlers.clear()
-    logging.getLogger(_name).propagate = True
+
+def _quiet_lightning() -> None:
+    """Routes Lightning's messages through Hydra's handlers (console + run-dir log) minus its ads."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    noise = ("💡 Tip", "Trainer already configured with model summary")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith(noise)
+    )
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+_quiet_lightning()
 
 
 def _plain(node) -> dict | None:
@@ -69,14 +80,20 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     return datamodule, module, trainer
 
 
-def train(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> float:
+def train(
+    cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None
+) -> float:
     """Fits the model and returns the best val/loss (what Hydra sweepers minimise)."""
     datamodule, module, trainer = build(cfg)
     params = sum(p.numel() for p in module.parameters())
     log.info(
         "corpus %s: %d train + %d val characters, vocabulary %d; model %s, %s parameters",
-        datamodule.corpus_path, len(datamodule.train_ids), len(datamodule.val_ids),
-        datamodule.vocab.size, cfg.model.cell, f"{params:,}",
+        datamodule.corpus_path,
+        len(datamodule.train_ids),
+        len(datamodule.val_ids),
+        datamodule.vocab.size,
+        cfg.model.cell,
+        f"{params:,}",
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best = module.best_val_loss
