@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -9,6 +10,7 @@ import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
 from torch import nn
 
 from charrnn.errors import CharRNNError
@@ -170,5 +172,19 @@ class CharLM(L.LightningModule):
             return optimizer
         settings = dict(self.hparams.scheduler)
         factory = hydra.utils.instantiate(settings.pop("scheduler"))
-        scheduler = factory(optimizer=optimizer)
+        accepted = inspect.signature(factory.func).parameters
+        horizon = {}  # schedules that ask for the run's horizon get it from the Trainer
+        if "total_steps" in accepted:
+            horizon["total_steps"] = float(self.trainer.estimated_stepping_batches)
+        if "time_fraction" in accepted:
+            horizon["time_fraction"] = _time_budget_fraction(self.trainer)
+        scheduler = factory(optimizer=optimizer, **horizon)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **settings}}
+
+
+def _time_budget_fraction(trainer: L.Trainer):
+    """A clock for `trainer.max_time`: the fraction of the budget used (None without a budget)."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is None or timer._duration is None:
+        return None
+    return lambda: (timer.time_elapsed("train") or 0.0) / timer._duration
