@@ -53,7 +53,9 @@ def test_warmup_cosine_follows_the_step_or_time_horizon():
         optimizer.step()
         schedule.step()
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False)) and lrs[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False)) and lrs[-1] == pytest.approx(
+        0.1, abs=0.01
+    )
     used = [0.0]
     timed = WarmupCosine(torch.optim.SGD([param], lr=1.0), 0, 0.1, time_fraction=lambda: used[0])
     used[0] = 1.0  # the whole time budget is spent: the schedule is at its floor
