@@ -1,13 +1,15 @@
-"""Callbacks: text samples after every validation, and the TensorBoard HPARAMS entry."""
+"""Callbacks: text samples after each validation, the TensorBoard HPARAMS entry, result.json."""
 
 from __future__ import annotations
 
 import logging
+import math
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from charrnn.results import update_result
 from charrnn.sampling import Sampler
 
 log = logging.getLogger(__name__)
@@ -87,3 +89,31 @@ class HParamsMetric(L.Callback):
                 writer = logger.experiment._get_file_writer()
                 writer.add_summary(experiment)
                 writer.add_summary(start)
+
+
+class RunResult(L.Callback):
+    """Records the run's outcome in run_dir/result.json when fitting ends (rank 0 only).
+
+    Runs in the training process itself, which under spawn-based DDP is not the Hydra job's process:
+    the numbers come from where they were measured.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        best = pl_module.best_val_loss
+        checkpoint = trainer.checkpoint_callback
+        update_result(
+            self.run_dir,
+            status="ok",
+            val_loss_best=best if math.isfinite(best) else None,
+            val_bpc=best / math.log(2) if math.isfinite(best) else None,
+            params=sum(p.numel() for p in pl_module.parameters()),
+            epochs=trainer.current_epoch,
+            best_checkpoint=(checkpoint.best_model_path or None) if checkpoint else None,
+            world_size=trainer.world_size,
+            threads=torch.get_num_threads(),
+        )
