@@ -76,3 +76,10 @@ def validate_train(cfg: DictConfig) -> None:
         clip,
         "use a number > 0, or null for no clipping",
     )
+    threads = cfg.get("threads")
+    _require(
+        threads is None or (type(threads) is int and threads > 0),
+        "threads",
+        threads,
+        "use a whole number > 0, or null for all cores",
+    )

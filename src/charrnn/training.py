@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import math
 import warnings
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.callbacks import HParamsMetric
+from charrnn.callbacks import HParamsMetric, RunResult
 from charrnn.config import validate_train
 from charrnn.data import CharDataModule
 from charrnn.model import CharLM
@@ -32,6 +35,26 @@ def _quiet_lightning() -> None:
 
 
 _quiet_lightning()
+
+
+class _JobLogging(L.Callback):
+    """Gives training processes started fresh (spawn-based DDP) the Hydra job's logging setup.
+
+    Unpickling this in such a process imports this module, which routes Lightning's logs as above;
+    `setup` then adds the job's handlers (console + the run dir's log file) where none exist yet.
+    """
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if not logging.getLogger().handlers:
+            logging.config.dictConfig(self.config)
+
+
+def _starts_fresh_processes(trainer: L.Trainer) -> bool:
+    """True for spawn-based DDP: Lightning starts new interpreters that run the fit."""
+    return getattr(trainer.strategy, "_start_method", None) in ("spawn", "forkserver")
 
 
 def _plain(node) -> dict | None:
@@ -62,6 +85,8 @@ def _flat_params(cfg: DictConfig) -> dict:
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer."""
     validate_train(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: CharDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
@@ -95,8 +120,14 @@ def train(
         cfg.model.cell,
         f"{params:,}",
     )
+    if run_dir is not None:
+        trainer.callbacks.append(RunResult(run_dir))
+    if _starts_fresh_processes(trainer) and HydraConfig.initialized():
+        trainer.callbacks.append(_JobLogging(_plain(HydraConfig.get().job_logging)))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best = module.best_val_loss
+    if not math.isfinite(best) and "val/loss_best" in trainer.callback_metrics:
+        best = float(trainer.callback_metrics["val/loss_best"])  # fitted in spawned processes (DDP)
     if trainer.is_global_zero:
         _report(trainer, best, run_dir, overrides or [])
     return best
