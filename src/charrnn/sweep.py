@@ -120,31 +120,39 @@ def _varying(rows: list[dict]) -> set[str]:
     return set().union(*lists) - common if len(rows) > 1 else set().union(*lists)
 
 
-def _cell(row: dict, key: str, sweep_dir: Path | None = None, shown: set[str] | None = None) -> str:
+def _csv_cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    return " ".join(value) if key == "overrides" else str(value)
+
+
+def _cell(row: dict, key: str, sweep_dir: Path, shown: set[str]) -> str:
+    """A Markdown table cell: rounded numbers, the overrides that vary, paths from the sweep dir."""
     value = row.get(key)
     if value is None:
         return ""
     if key == "overrides":
-        return " ".join(o for o in value if shown is None or o in shown)
+        return " ".join(o for o in value if o in shown)
     if key in ("val_loss_best", "val_bpc"):
         return f"{value:.4f}"
     if key == "params":
         return f"{value:,}"
-    if key == "best_checkpoint" and sweep_dir is not None and value:
+    if key == "best_checkpoint" and value:
         path = Path(value)
         return str(path.relative_to(sweep_dir)) if path.is_relative_to(sweep_dir) else value
-    if key == "error" and sweep_dir is not None and len(value) > ERROR_CHARS:
+    if key == "error" and len(value) > ERROR_CHARS:
         return value[: ERROR_CHARS - 3] + "..."  # the whole message is in summary.csv
     return str(value)
 
 
 def write_summary(rows: list[dict], sweep_dir: Path) -> None:
-    """summary.csv (full overrides, absolute paths) and summary.md (what varies, relative paths)."""
+    """summary.csv (every value as recorded) and summary.md (the table that is printed)."""
     with open(sweep_dir / SUMMARY_CSV, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([title for _, title in COLUMNS])
         for row in rows:
-            writer.writerow([_cell(row, key) for key, _ in COLUMNS])
+            writer.writerow([_csv_cell(row, key) for key, _ in COLUMNS])
     (sweep_dir / SUMMARY_MD).write_text(markdown_table(rows, sweep_dir) + "\n", encoding="utf-8")
 
 

@@ -40,15 +40,17 @@ _quiet_lightning()
 class _JobLogging(L.Callback):
     """Gives training processes started fresh (spawn-based DDP) the Hydra job's logging setup.
 
-    Unpickling this in such a process imports this module, which routes Lightning's logs as above;
-    `setup` then adds the job's handlers (console + the run dir's log file) where none exist yet.
+    Spawned processes receive the Trainer pickled. Unpickling this callback there imports this
+    module (which routes Lightning's logs as above) and adds the job's handlers (console + the run
+    dir's log file) before the processes connect, so their start-up messages are kept too.
     """
 
     def __init__(self, config: dict):
         self.config = config
 
-    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        if not logging.getLogger().handlers:
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if not logging.getLogger().handlers:  # a fresh interpreter: nothing configured yet
             logging.config.dictConfig(self.config)
 
 
