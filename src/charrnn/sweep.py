@@ -37,6 +37,7 @@ COLUMNS = (  # (key in result.json, column title)
     ("best_checkpoint", "best checkpoint"),
     ("error", "error"),
 )
+_NUMERIC = {"job", "val_loss_best", "val_bpc", "params", "epochs", "wall_time_s"}  # right-aligned
 
 
 class SweepSummary(Callback):
@@ -170,6 +171,3 @@ def markdown_table(rows: list[dict], sweep_dir: Path) -> str:
         lines.append("")
         lines.append("Common to every job: `" + " ".join(common) + "`")
     return "\n".join(lines)
-
-
-_NUMERIC = {"job", "val_loss_best", "val_bpc", "params", "epochs", "wall_time_s"}
