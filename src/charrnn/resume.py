@@ -1,27 +1,23 @@
-"""Checkpoint files and resuming: safe reads, atomic writes, and finding the run to continue.
+"""Checkpoint files and resuming: safe reads, and finding the run to continue.
 
 A checkpoint is read with `weights_only=True` only; every way a file can be wrong (missing, a
 directory, not a checkpoint, truncated, holding pickled objects, another alphabet or model) becomes
 one CharRNNError line. `resume=last | <run dir> | <last.ckpt>` continues a run in its own directory
-with its own overrides, which every checkpoint records (ResumeState).
+with its own overrides, which every checkpoint records (charrnn.safety.ResumeState). Needs torch
+but not Lightning, so a bad checkpoint is refused before Lightning is even imported.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from datetime import datetime
 from pathlib import Path
 
-import lightning as L
 import torch
 import yaml
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from charrnn.errors import CharRNNError
 
@@ -29,14 +25,18 @@ log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 OUTPUTS = Path("outputs")  # where hydra.run.dir / hydra.sweep.dir put runs (relative to the cwd)
-_NOT_REPLAYED = ("resume", "ckpt_path")  # overrides that name a checkpoint, not the run's config
+NOT_REPLAYED = ("resume", "ckpt_path")  # overrides that name a checkpoint, not the run's config
+RECORD = "ResumeState"  # the checkpoint["callbacks"] key of charrnn.safety.ResumeState's record
 
 
-# ---------------------------------------------------------------------------- reading and writing
+# ----------------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(path, key: str = "ckpt_path") -> dict:
-    """The checkpoint at `path`, loaded with weights_only=True onto the CPU, or one clear error."""
+def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False) -> dict:
+    """The checkpoint at `path`, loaded with weights_only=True onto the CPU, or one clear error.
+
+    `mmap=True` maps the tensors instead of reading them: a cheap look at the contents.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise CharRNNError(
@@ -59,7 +59,7 @@ def read_checkpoint(path, key: str = "ckpt_path") -> dict:
             "use an intact checkpoint, e.g. another .ckpt in the same directory"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"a pickled Python object ({found.group(1)})" if found else "pickled Python objects"
@@ -81,57 +81,6 @@ def read_checkpoint(path, key: str = "ckpt_path") -> dict:
             "pass a .ckpt file written by src/train.py"
         )
     return checkpoint
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoint IO that never leaves a half-written file and never unpickles objects.
-
-    Saves go to a temp file in the checkpoint's own directory, are fsynced, then os.replace'd over
-    the old file, so a run killed at any moment leaves the previous checkpoint intact. (Lightning
-    2.6's own save moves a temp file from the system temp dir: a copy, not an atomic rename, when
-    that is another filesystem, and the temp file is left behind on a kill.) Loads go through
-    read_checkpoint: weights_only=True always.
-    """
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-        return read_checkpoint(path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def remove_stale_temp_files(directory: Path) -> None:
-    """Deletes the temp files (`.<name>.*.tmp`) a killed AtomicCheckpointIO save left behind."""
-    for stale in Path(directory).glob(".*.ckpt.*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
 
 
 # ------------------------------------------------------------------------ is this checkpoint ours
@@ -174,52 +123,10 @@ def check_resumable(checkpoint: dict, path, vocab: str, model: dict, corpus) -> 
         )
 
 
-# ---------------------------------------------------------------------- what checkpoints record
-
-
-class ResumeState(L.Callback):
-    """Stores in every checkpoint what Lightning does not: the run's command-line overrides (so
-    resume=... replays them) and the global torch random state (which dropout draws from).
-
-    On resume it also applies a changed `optimizer.lr`: Lightning restores the optimiser state,
-    learning rate included, so without this a lower lr given on resume would be ignored.
-    """
-
-    def __init__(self, overrides: list[str] | None = None):
-        self.overrides = [o for o in overrides or [] if _key(o) not in _NOT_REPLAYED]
-        self._saved_lr = None
-
-    def state_dict(self) -> dict:
-        state = {"overrides": list(self.overrides), "torch_rng": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        self._saved_lr = (checkpoint.get("hyper_parameters", {}).get("optimizer") or {}).get("lr")
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
-        if self._saved_lr is None or lr is None or lr == self._saved_lr:
-            return
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                if "initial_lr" in group:
-                    group["initial_lr"] = lr
-        log.info("optimizer.lr %g replaces the checkpoint's %g", lr, self._saved_lr)
-
-
 # ------------------------------------------------------------------ resume=... on the command line
 
 
-def _key(override: str) -> str | None:
+def override_key(override: str) -> str | None:
     """The config key an override sets (`+a.b=1` -> `a.b`), or None for flags like `-m`."""
     if override.startswith("-") or ("=" not in override and not override.startswith("~")):
         return None
@@ -272,13 +179,13 @@ def locate_resume(value: str, outputs: Path = OUTPUTS) -> Path:
 def recorded_overrides(checkpoint: dict, run_dir: Path) -> list[str]:
     """The overrides the checkpoint's run was started with: recorded in the checkpoint, or else in
     Hydra's <run>/.hydra/overrides.yaml."""
-    state = (checkpoint.get("callbacks") or {}).get(ResumeState.__qualname__)
+    state = (checkpoint.get("callbacks") or {}).get(RECORD)
     if isinstance(state, dict) and isinstance(state.get("overrides"), list):
         return [str(o) for o in state["overrides"]]
     saved = run_dir / ".hydra" / "overrides.yaml"
     if saved.is_file():
         listed = yaml.safe_load(saved.read_text(encoding="utf-8")) or []
-        return [str(o) for o in listed if _key(str(o)) not in _NOT_REPLAYED]
+        return [str(o) for o in listed if override_key(str(o)) not in NOT_REPLAYED]
     raise CharRNNError(
         f"resume: cannot tell how {run_dir} was configured (no overrides in the checkpoint and no "
         ".hydra/overrides.yaml); use ckpt_path=<file> with the run's original overrides instead"
@@ -287,8 +194,8 @@ def recorded_overrides(checkpoint: dict, run_dir: Path) -> list[str]:
 
 def merge_overrides(first: list[str], then: list[str]) -> list[str]:
     """`first` with every key that `then` sets replaced by `then`'s value (flags kept in order)."""
-    later = {_key(o) for o in then if _key(o) is not None}
-    return [o for o in first if _key(o) not in later] + list(then)
+    later = {override_key(o) for o in then if override_key(o) is not None}
+    return [o for o in first if override_key(o) not in later] + list(then)
 
 
 def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
@@ -300,12 +207,12 @@ def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
     <run>/.hydra/resume-<time>/, leaving the run's original .hydra files as they were.
     """
     args = argv[1:]
-    values = [a.split("=", 1)[1] for a in args if _key(a) == "resume" and "=" in a]
+    values = [a.split("=", 1)[1] for a in args if override_key(a) == "resume" and "=" in a]
     if not values or values[-1] in ("", "null", "none", "None"):
         return argv
     if any(a in ("-m", "--multirun") for a in args):
         raise CharRNNError("resume=... continues one run; drop -m/--multirun")
-    if any(_key(a) == "ckpt_path" for a in args):
+    if any(override_key(a) == "ckpt_path" for a in args):
         raise CharRNNError("give resume=... or ckpt_path=..., not both")
     ckpt = locate_resume(values[-1], outputs).resolve()
     if ckpt.parent.name != "checkpoints":
@@ -314,8 +221,8 @@ def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
             "run to continue; start a new run from it with ckpt_path= and the original overrides"
         )
     run_dir = ckpt.parent.parent
-    replayed = recorded_overrides(read_checkpoint(ckpt, key="resume"), run_dir)
-    new = [a for a in args if _key(a) != "resume"]
+    replayed = recorded_overrides(read_checkpoint(ckpt, key="resume", mmap=True), run_dir)
+    new = [a for a in args if override_key(a) != "resume"]
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     return [
         argv[0],

@@ -1,22 +1,119 @@
-"""Callbacks that keep a run from being lost: last.ckpt kept current, a clean stop on Ctrl-C or
-SIGTERM, and a stop before a non-finite loss or gradient reaches the weights."""
+"""What keeps a run from being lost: atomic checkpoint writes, last.ckpt kept current, what a
+checkpoint must record for an exact resume, a clean stop on Ctrl-C or SIGTERM, and a stop before a
+non-finite loss or gradient reaches the weights."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import signal
+import tempfile
 import threading
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from charrnn.errors import CharRNNError
-from charrnn.resume import LAST, remove_stale_temp_files
+from charrnn.resume import LAST, NOT_REPLAYED, RECORD, override_key, read_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint IO that never leaves a half-written file and never unpickles objects.
+
+    Saves go to a temp file in the checkpoint's own directory, are fsynced, then os.replace'd over
+    the old file, so a run killed at any moment leaves the previous checkpoint intact. (Lightning
+    2.6's own save moves a temp file from the system temp dir: a copy, not an atomic rename, when
+    that is another filesystem, and the temp file is left behind on a kill.) Loads go through
+    read_checkpoint: weights_only=True always.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return read_checkpoint(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Deletes the temp files (`.<name>.*.tmp`) a killed AtomicCheckpointIO save left behind."""
+    for stale in Path(directory).glob(".*.ckpt.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+class ResumeState(L.Callback):
+    """Stores in every checkpoint what Lightning does not: the run's command-line overrides (so
+    resume=... replays them) and the global torch random state (which dropout draws from).
+
+    On resume it also applies a changed `optimizer.lr`: Lightning restores the optimiser state,
+    learning rate included, so without this a lower lr given on resume would be ignored.
+    """
+
+    state_key = RECORD  # where charrnn.resume.recorded_overrides finds it
+
+    def __init__(self, overrides: list[str] | None = None):
+        self.overrides = [o for o in overrides or [] if override_key(o) not in NOT_REPLAYED]
+        self._saved_lr = None
+
+    def state_dict(self) -> dict:
+        state = {"overrides": list(self.overrides), "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._saved_lr = (checkpoint.get("hyper_parameters", {}).get("optimizer") or {}).get("lr")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
+        if self._saved_lr is None or lr is None or lr == self._saved_lr:
+            return
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+        log.info("optimizer.lr %g replaces the checkpoint's %g", lr, self._saved_lr)
 
 
 class TrainingStopped(Exception):

@@ -18,8 +18,8 @@ from charrnn.config import validate_train
 from charrnn.data import CharDataModule
 from charrnn.errors import CharRNNError
 from charrnn.model import CharLM
-from charrnn.resume import AtomicCheckpointIO, ResumeState, check_resumable, read_checkpoint
-from charrnn.safety import TrainingStopped, numerical_fault
+from charrnn.resume import check_resumable, read_checkpoint
+from charrnn.safety import AtomicCheckpointIO, ResumeState, TrainingStopped, numerical_fault
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | N
         )
     datamodule, module, trainer = build(cfg, overrides)
     if ckpt_path:
-        checkpoint = read_checkpoint(ckpt_path)
+        checkpoint = read_checkpoint(ckpt_path, mmap=True)
         check_resumable(
             checkpoint, ckpt_path, datamodule.vocab.chars, dict(module.hparams.model),
             datamodule.corpus_path,
