@@ -265,3 +265,10 @@ def test_prompt_outside_vocabulary_and_negative_temperature():
         check_options(vocab, "QUEEN é:", 10, 1.0, 0)
     with pytest.raises(CharRNNError, match="temperature must be >= 0"):
         check_options(vocab, "ROMEO:", 10, -0.5, 0)
+
+
+def test_config_knows_the_models_cell_types():
+    """config.CELLS is spelled out (so checking a config needs no torch); it must match."""
+    from charrnn import config, model
+
+    assert set(config.CELLS) == set(model.CELLS)

@@ -81,7 +81,9 @@ def small_corpus(tmp_path_factory) -> Path:
 
 
 def test_sigkill_then_resume_last_matches_an_uninterrupted_run(small_corpus, tmp_path):
+    """Dropout on, so the restored random state matters too."""
     args = [*TINY, *QUIET, f"data.path={small_corpus}", "trainer.max_epochs=3",
+            "model.emb_dropout=0.1", "model.out_dropout=0.1",
             "callbacks.last_checkpoint.every_n_train_steps=5"]
     (tmp_path / "straight").mkdir()
     (tmp_path / "killed").mkdir()
@@ -128,6 +130,35 @@ def test_sigkill_then_resume_last_matches_an_uninterrupted_run(small_corpus, tmp
     straight_val = scalars(one_run(tmp_path / "straight"), "val/loss")[0][-1][1]
     resumed_val = scalars(run, "val/loss")[-1][-1][1]
     assert abs(straight_val - resumed_val) <= 1e-6
+
+
+def test_stateful_training_resumes_mid_epoch_exactly(small_corpus, tmp_path, monkeypatch):
+    """Truncated BPTT carries the hidden state across batches: it is saved with the checkpoint,
+    so a crash at step 22 and a resume from the step-20 checkpoint end like a straight run."""
+    from charrnn.model import CharLM
+
+    args = (*TINY, *QUIET, f"data.path={small_corpus}", "data=stateful", "trainer.max_epochs=2",
+            "callbacks.last_checkpoint.every_n_train_steps=4")
+    straight = train(train_config(tmp_path / "straight", *args), tmp_path / "straight")
+
+    real_step = CharLM.training_step
+
+    def crash_at_22(self, batch, batch_idx):
+        if self.trainer.global_step == 21:
+            raise RuntimeError("simulated crash")
+        return real_step(self, batch, batch_idx)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CharLM, "training_step", crash_at_22)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(train_config(tmp_path / "crashed", *args), tmp_path / "crashed")
+    last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    saved = read_checkpoint(last)
+    assert saved["global_step"] == 20 and saved["train_hidden"].shape == (1, 16, 32)
+    resumed = train(train_config(tmp_path / "crashed", *args, f"ckpt_path={last}"),
+                    tmp_path / "crashed")
+    assert resumed == straight  # bit for bit
+    assert read_checkpoint(last)["global_step"] == 2 * 17  # 5400 chars / 16 rows / 20 = 17 batches
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
