@@ -6,9 +6,9 @@ import math
 
 import hydra
 import lightning as L
-from lightning.fabric.utilities.apply_func import move_data_to_device
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 from charrnn.errors import CharRNNError
