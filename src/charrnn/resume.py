@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 LAST = "last.ckpt"
 OUTPUTS = Path("outputs")  # where hydra.run.dir / hydra.sweep.dir put runs (relative to the cwd)
 NOT_REPLAYED = ("resume", "ckpt_path")  # overrides that name a checkpoint, not the run's config
+SHAPE = ("cell", "embedding_dim", "rnn_units", "num_layers")  # model keys the weights depend on
 RECORD = "ResumeState"  # the checkpoint["callbacks"] key of charrnn.safety.ResumeState's record
 
 
@@ -109,9 +110,10 @@ def check_resumable(checkpoint: dict, path, vocab: str, model: dict, corpus) -> 
             "continuing needs the same characters: train on text with exactly these characters, "
             "or start a new run without ckpt_path/resume"
         )
-    for key, old in (hparams.get("model") or {}).items():
-        new = model.get(key)
-        if new != old:
+    saved_model = hparams.get("model") or {}
+    for key in SHAPE:  # dropout may change on resume; the shape of the weights may not
+        old, new = saved_model.get(key), model.get(key)
+        if key in saved_model and new != old:
             raise CharRNNError(
                 f"model.{key}: this run asks for {new!r} but {path} was trained with {old!r}; "
                 f"drop that override (or pass model.{key}={old}) to continue from this checkpoint"
@@ -224,11 +226,10 @@ def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
     replayed = recorded_overrides(read_checkpoint(ckpt, key="resume", mmap=True), run_dir)
     new = [a for a in args if override_key(a) != "resume"]
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    return [
-        argv[0],
-        *merge_overrides(replayed, new),
+    continuing = [
         f"resume={_quoted(values[-1])}",
         f"ckpt_path={_quoted(ckpt)}",
         f"hydra.run.dir={_quoted(run_dir)}",
         f"hydra.output_subdir=.hydra/resume-{stamp}",
     ]
+    return [argv[0], *merge_overrides(merge_overrides(replayed, new), continuing)]
