@@ -161,6 +161,25 @@ def test_stateful_training_resumes_mid_epoch_exactly(small_corpus, tmp_path, mon
     assert read_checkpoint(last)["global_step"] == 2 * 17  # 5400 chars / 16 rows / 20 = 17 batches
 
 
+def test_resume_at_an_epoch_end_keeps_the_plateau_schedule(small_corpus, tmp_path):
+    """last.ckpt of a finished 1-epoch run, continued to 3 epochs, ends like a straight 3-epoch
+    run, learning-rate halvings included (threshold 0.9: every epoch after the first is 'worse')."""
+    args = (*TINY, *QUIET, f"data.path={small_corpus}", "scheduler=plateau",
+            "+scheduler.scheduler.threshold=0.9")
+    straight = train(train_config(tmp_path / "straight", *args, "trainer.max_epochs=3"),
+                     tmp_path / "straight")
+    train(train_config(tmp_path / "resumed", *args, "trainer.max_epochs=1"), tmp_path / "resumed")
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    resumed = train(train_config(tmp_path / "resumed", *args, "trainer.max_epochs=3",
+                                 f"ckpt_path={last}"), tmp_path / "resumed")
+    assert resumed == straight
+    a, b = (read_checkpoint(d / "checkpoints" / "last.ckpt") for d in
+            (tmp_path / "straight", tmp_path / "resumed"))
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert a["optimizer_states"][0]["param_groups"][0]["lr"] == 5e-4  # halved once so far
+    assert b["optimizer_states"][0]["param_groups"][0]["lr"] == 5e-4
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_stop_after_writing_last_ckpt(signum, small_corpus, tmp_path):
     proc = start(*TINY, *QUIET, f"data.path={small_corpus}", "trainer.max_epochs=50",

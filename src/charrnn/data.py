@@ -163,12 +163,14 @@ class ResumableLoader(DataLoader):
     def __iter__(self):
         begin = getattr(self.sampler, "begin_epoch", None)
         self.consumed = begin() if begin is not None else 0
+        self.consumed_epoch = getattr(self.sampler, "epoch", 0)
         for batch in super().__iter__():
             self.consumed += 1
             yield batch
 
     def state_dict(self) -> dict:
-        epoch = getattr(self.sampler, "epoch", 0)
+        # the epoch the count belongs to: between epochs the sampler is already on the next one
+        epoch = getattr(self, "consumed_epoch", getattr(self.sampler, "epoch", 0))
         return {"epoch": epoch, "batches_done": getattr(self, "consumed", 0)}
 
     def load_state_dict(self, state: dict) -> None:

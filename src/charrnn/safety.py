@@ -23,6 +23,8 @@ from charrnn.resume import LAST, NOT_REPLAYED, RECORD, override_key, read_checkp
 
 log = logging.getLogger(__name__)
 
+METRICS = "logged_metrics"  # ResumeState's copy of trainer.callback_metrics in a checkpoint
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint IO that never leaves a half-written file and never unpickles objects.
@@ -77,10 +79,13 @@ def remove_stale_temp_files(directory: Path) -> None:
 
 class ResumeState(L.Callback):
     """Stores in every checkpoint what Lightning does not: the run's command-line overrides (so
-    resume=... replays them) and the global torch random state (which dropout draws from).
+    resume=... replays them), the global torch random state (which dropout draws from) and the
+    logged metrics.
 
-    On resume it also applies a changed `optimizer.lr`: Lightning restores the optimiser state,
-    learning rate included, so without this a lower lr given on resume would be ignored.
+    On resume it redoes what Lightning leaves out: a ReduceLROnPlateau step, when the checkpoint
+    was taken at an epoch's end before that step (Lightning skips it on such a restart, having no
+    metric to give it), and a changed `optimizer.lr` (Lightning restores the optimiser state,
+    learning rate included, so a lower lr given on resume would otherwise be ignored).
     """
 
     state_key = RECORD  # where charrnn.resume.recorded_overrides finds it
@@ -88,6 +93,7 @@ class ResumeState(L.Callback):
     def __init__(self, overrides: list[str] | None = None):
         self.overrides = [o for o in overrides or [] if override_key(o) not in NOT_REPLAYED]
         self._saved_lr = None
+        self._saved_metrics: dict = {}
 
     def state_dict(self) -> dict:
         state = {"overrides": list(self.overrides), "torch_rng": torch.get_rng_state()}
@@ -101,10 +107,40 @@ class ResumeState(L.Callback):
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[METRICS] = {
+            key: float(value) for key, value in trainer.callback_metrics.items()
+            if isinstance(value, torch.Tensor) and value.numel() == 1
+        }
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._saved_lr = (checkpoint.get("hyper_parameters", {}).get("optimizer") or {}).get("lr")
+        self._saved_metrics = checkpoint.get(METRICS, {})
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._step_skipped_schedulers(trainer)
+        self._apply_new_lr(trainer, pl_module)
+
+    def _step_skipped_schedulers(self, trainer) -> None:
+        """The epoch-end scheduler steps Lightning leaves out when it resumes from a checkpoint
+        written at an epoch's end, before those steps: every epoch scheduler when the epoch counts
+        as finished ("resumed on epoch end"), ReduceLROnPlateau alone when Lightning replays the
+        epoch's end ("restarted on epoch end"), with the val/loss the checkpoint recorded."""
+        loop = trainer.fit_loop
+        if not (loop.resumed_on_epoch_end or loop.restarted_on_epoch_end):
+            return
+        ended = trainer.current_epoch - (1 if loop.resumed_on_epoch_end else 0)
+        for config in trainer.lr_scheduler_configs:
+            if config.interval != "epoch" or (ended + 1) % config.frequency:
+                continue
+            if config.reduce_on_plateau:
+                metric = self._saved_metrics.get(config.monitor)
+                if metric is not None:
+                    config.scheduler.step(metric)
+            elif loop.resumed_on_epoch_end:
+                config.scheduler.step()
+
+    def _apply_new_lr(self, trainer, pl_module) -> None:
         lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
         if self._saved_lr is None or lr is None or lr == self._saved_lr:
             return
