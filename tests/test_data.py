@@ -41,10 +41,15 @@ def test_shuffled_windows_cover_each_window_once_per_epoch_and_drop_the_partial_
     seen = [w for _, batch in batches for w in batch]
     assert len(seen) == len(set(seen)) == 96 and all(len(b) == 16 for _, b in batches)
     assert len({offset for offset, _ in batches}) == 1
-    offsets = {next(iter(ShuffledWindows(windows, 16, True)))[0] for _ in range(20)}
-    assert len(offsets) > 1  # window boundaries move between epochs
-    order = [b for _, b in ShuffledWindows(windows, 16, False)]
-    assert order != [b for _, b in batches]  # reshuffled every epoch
+    sampler = ShuffledWindows(windows, 16, True, seed=3)
+    epochs = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+    assert len({batches[0][0] for batches in epochs}) > 1  # window boundaries move between epochs
+    assert epochs[0][0][1] != epochs[1][0][1]  # reshuffled every epoch
+    sampler.set_epoch(1)
+    assert list(sampler) == epochs[1]  # an epoch's order depends only on (seed, epoch)
 
 
 def test_ddp_ranks_take_disjoint_batches():

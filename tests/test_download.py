@@ -66,7 +66,10 @@ def test_http_error_leaves_nothing_and_says_how_to_supply_the_file(server, tmp_p
 
 def test_checksum_mismatch_caches_nothing(server, tmp_path: Path):
     cache = tmp_path / "cache"
-    with pytest.raises(CharRNNError, match="expected " + SHA + r" \(tampered"):
+    with pytest.raises(
+        CharRNNError,
+        match="but data.sha256 is " + SHA + r" \(a different or tampered file; nothing was cached",
+    ):
         locate_corpus(None, str(cache), f"{server}/tampered.txt", SHA)
     assert list(cache.iterdir()) == []
 

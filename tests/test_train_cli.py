@@ -45,7 +45,7 @@ def test_train_cli_writes_checkpoints_scalars_and_one_sample_per_epoch(tmp_path:
 
     out = result.stdout + result.stderr
     assert "sample after epoch 1" in out and "best val/loss" in out
-    assert f"tensorboard --logdir {run_dir}" in out and "ckpt_path=" in out
+    assert f"tensorboard --logdir {run_dir}" in out and f"src/train.py resume={run_dir}" in out
 
 
 def test_multirun_gives_each_job_its_own_run_dir(tmp_path: Path):

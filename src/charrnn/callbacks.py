@@ -56,9 +56,18 @@ class SampleText(L.Callback):
             return
         generator = torch.Generator().manual_seed(self.seed)
         sampler = Sampler(pl_module.net, pl_module.vocab)
-        (text,) = sampler.generate(
-            self.prompt, self.length, self.temperature, self.top_k, generator=generator
-        )
+        try:
+            (text,) = sampler.generate(
+                self.prompt, self.length, self.temperature, self.top_k, generator=generator
+            )
+        except RuntimeError as err:  # a diverged model: StopOnNonFinite reports it, not a traceback
+            if "probability tensor" not in str(err):
+                raise
+            log.warning(
+                "no sample after epoch %d: the model's probabilities are not finite",
+                trainer.current_epoch,
+            )
+            return
         sample = self.prompt + text
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

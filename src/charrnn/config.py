@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 from omegaconf import DictConfig
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CELLS
+
+# the keys of charrnn.model.CELLS, named here so that checking a config needs no torch import
+CELLS = ("gru", "lstm")
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -68,7 +73,9 @@ def validate_train(cfg: DictConfig) -> None:
         "use a whole number > 0 (or -1 for no limit)",
     )
     lr = cfg.optimizer.get("lr")
-    _require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "use a number > 0")
+    _require(
+        isinstance(lr, (int, float)) and 0 < lr < math.inf, "optimizer.lr", lr, "use a number > 0"
+    )
     clip = trainer.get("gradient_clip_val")
     _require(
         clip is None or (isinstance(clip, (int, float)) and clip > 0),
@@ -83,3 +90,28 @@ def validate_train(cfg: DictConfig) -> None:
         threads,
         "use a whole number > 0, or null for all cores",
     )
+    sha = data.get("sha256")
+    _require(
+        sha is None or (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)),
+        "data.sha256",
+        sha,
+        "use the file's 64-hex-digit sha256, or null to skip the check",
+    )
+    timeout = data.get("download_timeout")
+    _require(
+        isinstance(timeout, (int, float)) and timeout > 0,
+        "data.download_timeout",
+        timeout,
+        "use a number of seconds > 0",
+    )
+    last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
+    every = last.get("every_n_train_steps")
+    _require(
+        every is None or (isinstance(every, int) and every > 0),
+        "callbacks.last_checkpoint.every_n_train_steps",
+        every,
+        "use a whole number > 0, or null to write last.ckpt at epoch ends only",
+    )
+    for key in ("ckpt_path", "resume"):
+        value = cfg.get(key)
+        _require(value is None or isinstance(value, str), key, value, "use a path (or null)")

@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import logging
 import os
+import socket
 import tempfile
 import urllib.error
 import urllib.parse
@@ -55,27 +56,37 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) ->
                 received += len(block)
         if expected is not None and received != int(expected):
             raise CharRNNError(
-                f"download of {url} stopped after {received} of {expected} bytes; "
-                + _by_hand(url, dest, sha256)
+                f"download of {url} stopped after {received} of {expected} bytes (the connection "
+                "closed early; nothing was cached); " + _by_hand(url, dest, sha256)
             )
         if sha256 is not None and digest.hexdigest() != sha256.lower():
             raise CharRNNError(
-                f"download of {url} has sha256 {digest.hexdigest()}, expected {sha256} "
-                "(tampered or wrong file; nothing was cached); " + _by_hand(url, dest, sha256)
+                f"download of {url} has sha256 {digest.hexdigest()} but data.sha256 is {sha256} "
+                "(a different or tampered file; nothing was cached); if you changed data.url, set "
+                "data.sha256 to that file's checksum (or null to skip the check), otherwise "
+                + _by_hand(url, dest, sha256)
             )
         os.replace(tmp, dest)
         return dest
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
-        if isinstance(err, urllib.error.HTTPError):
-            reason = f"HTTP {err.code} {err.reason}"
-        else:
-            reason = getattr(err, "reason", None) or err
         raise CharRNNError(
-            f"could not download {url}: {reason}; " + _by_hand(url, dest, sha256)
+            f"could not download {url}: {_why(err, timeout)}; " + _by_hand(url, dest, sha256)
         ) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _why(err: Exception, timeout: float) -> str:
+    """What went wrong with a download, in words."""
+    reason = getattr(err, "reason", None) if isinstance(err, urllib.error.URLError) else err
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"no answer within data.download_timeout={timeout} s"
+    if isinstance(err, http.client.IncompleteRead):
+        return f"the connection closed after {len(err.partial)} bytes, before the end of the file"
+    return str(reason or err) or type(err).__name__
 
 
 def locate_corpus(
@@ -84,13 +95,17 @@ def locate_corpus(
     """The corpus file to train on: the user's own `path`, or the verified cached download."""
     if path:
         own = Path(path).expanduser()
+        if own.is_dir():
+            raise CharRNNError(f"data.path: {own} is a directory; pass a UTF-8 text file")
         if not own.is_file():
             raise CharRNNError(f"data.path: {own} does not exist; pass an existing UTF-8 text file")
         return own
     name = Path(urllib.parse.urlparse(url).path).name or "corpus.txt"
-    cached = Path(cache_dir).expanduser() / name
     if sha256 is None:
+        # unverified: cache under a name tied to the URL, so another URL's file is never reused
+        name = f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
         log.warning("data.sha256 is null: %s will be used without verifying its contents", url)
+    cached = Path(cache_dir).expanduser() / name
     if cached.is_file():
         if sha256 is None or sha256_file(cached) == sha256.lower():
             return cached

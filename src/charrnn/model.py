@@ -10,6 +10,7 @@ import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Timer
 from torch import nn
 
@@ -162,9 +163,16 @@ class CharLM(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_val_loss"] = self.best_val_loss
+        if self._train_hidden is not None:  # stateful: a mid-epoch resume carries the state on
+            checkpoint["train_hidden"] = self._train_hidden
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_val_loss = checkpoint.get("best_val_loss", math.inf)
+        self._train_hidden = checkpoint.get("train_hidden")
+
+    def on_train_start(self) -> None:
+        if self._train_hidden is not None:  # restored on the CPU; the model may be elsewhere
+            self._train_hidden = move_data_to_device(self._train_hidden, self.device)
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import math
+import signal
 import warnings
 from pathlib import Path
 
@@ -12,12 +13,16 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.callbacks import HParamsMetric, RunResult
 from charrnn.config import validate_train
 from charrnn.data import CharDataModule
+from charrnn.errors import CharRNNError
 from charrnn.model import CharLM
+from charrnn.resume import check_resumable, read_checkpoint
+from charrnn.safety import AtomicCheckpointIO, ResumeState, TrainingStopped, numerical_fault
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +89,13 @@ def _flat_params(cfg: DictConfig) -> dict:
     return flat
 
 
-def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
-    """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer."""
+def build(
+    cfg: DictConfig, overrides: list[str] | None = None
+) -> tuple[CharDataModule, CharLM, L.Trainer]:
+    """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer.
+
+    `overrides` (the run's command line) are recorded in every checkpoint, for resume=.
+    """
     validate_train(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
@@ -102,16 +112,39 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     )
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks.append(HParamsMetric(_flat_params(cfg)))
+    callbacks.append(ResumeState(overrides))
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None]
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     return datamodule, module, trainer
 
 
 def train(
     cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None
 ) -> float:
-    """Fits the model and returns the best val/loss (what Hydra sweepers minimise)."""
-    datamodule, module, trainer = build(cfg)
+    """Fits the model and returns the best val/loss (what Hydra sweepers minimise).
+
+    With `ckpt_path` (set by resume= too) the checkpoint is checked first: weights_only, same
+    alphabet, same network shape; Lightning then restores weights, optimiser, scheduler, epoch,
+    step, position in the epoch, best-so-far and random state from it.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if cfg.get("resume") and not ckpt_path:
+        raise CharRNNError(
+            "resume= is resolved by src/train.py before Hydra starts; from code, pass ckpt_path"
+        )
+    datamodule, module, trainer = build(cfg, overrides)
+    if ckpt_path:
+        checkpoint = read_checkpoint(ckpt_path, mmap=True)
+        check_resumable(
+            checkpoint,
+            ckpt_path,
+            datamodule.vocab.chars,
+            dict(module.hparams.model),
+            datamodule.corpus_path,
+        )
+        del checkpoint
     params = sum(p.numel() for p in module.parameters())
     log.info(
         "corpus %s: %d train + %d val characters, vocabulary %d; model %s, %s parameters",
@@ -126,7 +159,18 @@ def train(
         trainer.callbacks.append(RunResult(run_dir))
     if _starts_fresh_processes(trainer) and HydraConfig.initialized():
         trainer.callbacks.append(_JobLogging(_plain(HydraConfig.get().job_logging)))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with warnings.catch_warnings():
+        if cfg.get("resume"):  # continuing in the run's own dir: its checkpoints are expected there
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:  # SIGTERM before GracefulStop took over (set-up, sanity check)
+            raise TrainingStopped(signal.SIGTERM, trainer.global_step, None) from None
+        except RuntimeError as err:
+            fault = numerical_fault(err, trainer, module)
+            if fault is None:
+                raise
+            raise fault from err
     best = module.best_val_loss
     if not math.isfinite(best) and "val/loss_best" in trainer.callback_metrics:
         best = float(trainer.callback_metrics["val/loss_best"])  # fitted in spawned processes (DDP)
@@ -139,14 +183,14 @@ def _report(trainer: L.Trainer, best: float, run_dir: Path | None, overrides: li
     lines = []
     if math.isfinite(best):
         lines.append(f"best val/loss {best:.4f} nats/char ({best / math.log(2):.4f} bits/char)")
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is not None and checkpoint.best_model_path:
-        lines.append(f"best checkpoint: {checkpoint.best_model_path}")
+    best_path = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best_path:
+        lines.append(f"best checkpoint: {best_path}")
     if run_dir is not None:
         lines.append(f"run dir: {run_dir}")
         lines.append(f"TensorBoard: tensorboard --logdir {run_dir}")
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if last.exists():
-            kept = [o for o in overrides if not o.startswith("ckpt_path=")]
-            lines.append("resume: python src/train.py " + " ".join([*kept, f"ckpt_path={last}"]))
+        if (run_dir / "checkpoints" / "last.ckpt").exists():
+            lines.append(
+                f"resume (e.g. with more trainer.max_epochs): python src/train.py resume={run_dir}"
+            )
     log.info("done.\n  " + "\n  ".join(lines))
