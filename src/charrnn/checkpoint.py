@@ -86,11 +86,15 @@ def _read(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        detail = f" ({found.group(1)})" if found else ""
+        if found is None:  # not a refused object: the bytes are simply not a checkpoint
+            raise CharRNNError(
+                f"ckpt: cannot read {path}: truncated or corrupt (not a torch checkpoint); "
+                "use another checkpoint (e.g. the run's last.ckpt or best)"
+            ) from None
         raise CharRNNError(
-            f"ckpt: {path} holds pickled Python objects{detail}; charrnn loads checkpoints with "
-            "weights_only=True and never unpickles code, so pass a checkpoint written by "
-            "src/train.py"
+            f"ckpt: {path} holds pickled Python objects ({found.group(1)}); charrnn loads "
+            "checkpoints with weights_only=True and never unpickles code, so pass a checkpoint "
+            "written by src/train.py"
         ) from None
     except Exception as err:  # torch raises many types for a damaged file (OSError, EOFError, ...)
         reason = type(err).__name__ + (f": {str(err).splitlines()[0]}" if str(err) else "")
@@ -120,7 +124,8 @@ def load(path: str | Path) -> Trained:
         net = CharRNN(vocab.size, **hparams["model"])
         net.load_state_dict(weights)
     except (CharRNNError, TypeError, RuntimeError) as err:
-        reason = str(err).splitlines()[0]
+        reason = " ".join(str(err).split())  # torch's state_dict report spans several lines
+        reason = reason if len(reason) <= 240 else reason[:240] + "..."
         raise CharRNNError(
             f"ckpt: {path} does not hold a model this charrnn can rebuild ({reason})"
         ) from None
