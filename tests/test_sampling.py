@@ -5,7 +5,7 @@ import torch
 
 from charrnn.errors import CharRNNError
 from charrnn.net import CharRNN
-from charrnn.sampling import Sampler, seed_generator
+from charrnn.sampling import Sampler, StepGenerator, seed_generator
 from charrnn.vocab import Vocab
 
 VOCAB = Vocab("\n !,.:?ADEIJLMNORTUaeghilnorstuy")
@@ -26,6 +26,14 @@ def make_net(cell="gru", layers=1, vocab=VOCAB, scale=3.0, seed=0, recurrent=1.0
 CELLS = [("gru", 1), ("lstm", 1), ("gru", 3), ("lstm", 2)]
 
 
+def make_sampler(net: CharRNN, split: bool = False) -> Sampler:
+    """split=True: rows > 1 take the two-halves batched product that big models get."""
+    sampler = Sampler(net, VOCAB)
+    if split:
+        sampler.core = torch.jit.script(StepGenerator(net, VOCAB.chars, split_min=0))
+    return sampler
+
+
 @pytest.mark.parametrize("cell,layers", CELLS)
 def test_greedy_is_the_models_argmax_step_by_step(cell, layers):
     net = make_net(cell, layers, seed=1, recurrent=3.0)
@@ -40,10 +48,11 @@ def test_greedy_is_the_models_argmax_step_by_step(cell, layers):
             ids.append(best)
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("cell,layers", CELLS)
-def test_step_logits_equal_the_models_logits(cell, layers):
+def test_step_logits_equal_the_models_logits(cell, layers, split):
     net = make_net(cell, layers, scale=1.0)
-    core = Sampler(net, VOCAB).core
+    core = make_sampler(net, split).core
     ids = torch.tensor(VOCAB.encode("ROMEO: Good night, sweet JULIET!"))
     with torch.no_grad():
         expected = net(ids[None])[0][0, :, : VOCAB.unk_id]
@@ -67,9 +76,9 @@ def test_same_seed_same_text_and_other_seed_other_text(cell, layers):
 
 
 @pytest.mark.parametrize("cell,layers", CELLS)
-@pytest.mark.parametrize("top_k", [0, 5])
-def test_batched_rows_equal_each_row_alone(cell, layers, top_k):
-    sampler = Sampler(make_net(cell, layers), VOCAB)
+@pytest.mark.parametrize("top_k,split", [(0, False), (5, False), (0, True)])
+def test_batched_rows_equal_each_row_alone(cell, layers, top_k, split):
+    sampler = make_sampler(make_net(cell, layers), split)
     generators = [seed_generator(100 + row) for row in range(4)]
     batch = sampler.generate("ROMEO:", 150, 0.9, top_k, 4, generators)
     alone = [

@@ -17,6 +17,8 @@ from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
 CHUNK = 32  # steps per call into the scripted loop: noise is drawn and on_step called per chunk
+SPLIT_MIN = 1 << 20  # weights of at least this many elements get the two-halves batched product
+SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 
 
 def check_options(vocab: Vocab, prompt: str, length: int, temperature: float, top_k: int) -> None:
@@ -53,6 +55,8 @@ class StepGenerator(nn.Module):
     """
 
     lstm: bool
+    split_min: int
+    serial_log: int
     num_layers: int
     hidden_size: int
     chunk: int
@@ -63,9 +67,10 @@ class StepGenerator(nn.Module):
     w_ih: list[Tensor]
     b_ih: list[Tensor]
 
-    def __init__(self, net: nn.Module, chars: str):
+    def __init__(self, net: nn.Module, chars: str, split_min: int = SPLIT_MIN):
         super().__init__()
         rnn, head = net.rnn, net.head
+        self.split_min, self.serial_log = split_min, SERIAL_LOG
         self.lstm = isinstance(rnn, nn.LSTM)
         self.num_layers = rnn.num_layers
         self.hidden_size = rnn.hidden_size
@@ -92,20 +97,31 @@ class StepGenerator(nn.Module):
             self.head_w = head.weight.detach().float()[:known].t().contiguous()
             self.head_b = head.bias.detach().float()[:known].clone()
 
+    def _product(self, bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """bias + x [B, K] @ w [K, G]. One row: MKL's matrix-vector product. Several rows and a
+        big w: the two column halves of w as one batched product, a thread each; MKL's own
+        threading of a few-row product costs almost as much per row as a single row does."""
+        rows, (k, g) = x.shape[0], w.shape
+        if rows == 1 or g % 2 == 1 or w.numel() < self.split_min:
+            return torch.addmm(bias, x, w)
+        halves = w.view(k, 2, g // 2).transpose(0, 1)  # [2, K, G/2]: a view, nothing copied
+        out = torch.baddbmm(bias.view(2, 1, g // 2), x.expand(2, rows, k), halves)
+        return out.transpose(0, 1).reshape(rows, g)
+
     def _cell(self, layer: int, x: Tensor, state: list[Tensor]) -> Tensor:
         """One step of one layer from its input projection x [B, G]; updates state in place."""
         size = self.hidden_size
         h = state[layer]
+        hh = self._product(self.b_hh[layer], h, self.w_hh[layer])
         if self.lstm:
-            gates = torch.addmm(self.b_hh[layer], h, self.w_hh[layer]).add_(x)  # i f g o
+            gates = hh.add_(x)  # i f g o
             act = torch.sigmoid(gates)
             g = torch.tanh(gates[:, 2 * size : 3 * size])
             c = torch.addcmul(act[:, size : 2 * size] * state[self.num_layers + layer],
                               act[:, :size], g)
             h = act[:, 3 * size :] * torch.tanh(c)
             state[self.num_layers + layer] = c
-        else:
-            hh = torch.addmm(self.b_hh[layer], h, self.w_hh[layer])  # r z n
+        else:  # r z n
             rz = torch.sigmoid(x[:, : 2 * size] + hh[:, : 2 * size])
             n = torch.tanh(torch.addcmul(x[:, 2 * size :], rz[:, :size], hh[:, 2 * size :]))
             h = torch.lerp(n, h, rz[:, size:])  # (1 - z) * n + z * h
@@ -116,7 +132,8 @@ class StepGenerator(nn.Module):
         """Feeds ids [B] through every layer; logits [B, known chars] of the next character."""
         h = self._cell(0, self.table.index_select(0, ids), state)
         for layer in range(1, self.num_layers):
-            h = self._cell(layer, torch.addmm(self.b_ih[layer - 1], h, self.w_ih[layer - 1]), state)
+            x = self._product(self.b_ih[layer - 1], h, self.w_ih[layer - 1])
+            h = self._cell(layer, x, state)
         return torch.addmm(self.head_b, h, self.head_w)
 
     @torch.jit.export
@@ -158,7 +175,10 @@ class StepGenerator(nn.Module):
                 u = torch.rand([steps, rows, known], generator=generators[0])
             else:
                 u = torch.stack([torch.rand([steps, known], generator=g) for g in generators], 1)
-            noise = u.log_().neg_().log_().neg_().mul_(temperature).to(self.head_b.device)
+            flat = u.view(-1)  # Gumbel noise -log(-log(u)), in pieces the log runs serially:
+            for at in range(0, flat.numel(), self.serial_log):  # (waking threads costs more)
+                flat[at : at + self.serial_log].log_().neg_().log_().neg_()
+            noise = u.mul_(temperature).to(self.head_b.device)
         ids = pending
         out: list[Tensor] = []
         for t in range(steps):
