@@ -71,3 +71,20 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A working directory with one finished 1-epoch tiny run under outputs/runs/ (last + best)."""
+    from charrnn.training import train
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "corpus.txt"
+    corpus.write_text(make_text(40_000), encoding="utf-8")
+    run_dir = root / "outputs" / "runs" / "2000-01-01_00-00-00-000000"
+    cfg = train_config(
+        run_dir, *TINY, f"data.path={corpus}", "trainer.max_epochs=1",
+        "~callbacks.progress_bar", "~callbacks.model_summary",
+    )
+    train(cfg, run_dir)
+    return root

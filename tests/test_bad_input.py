@@ -320,7 +320,7 @@ def test_prompt_outside_vocabulary_and_negative_temperature():
     vocab = Vocab("\n !,.:?ACDEFGHIJKLMNORSTUWacdefghiklmnoprstuvwy")
     with pytest.raises(CharRNNError, match=r"never saw: 'Q', 'é'"):
         check_options(vocab, "QUEEN é:", 10, 1.0, 0)
-    with pytest.raises(CharRNNError, match="temperature must be >= 0"):
+    with pytest.raises(CharRNNError, match="temperature must be a number >= 0"):
         check_options(vocab, "ROMEO:", 10, -0.5, 0)
 
 

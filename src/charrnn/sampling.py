@@ -1,14 +1,24 @@
-"""The one stateful sampler: shared by the training callback, the generate CLI and the export."""
+"""The one stateful sampler: shared by the training callback, the generate CLI and the export.
 
-from __future__ import annotations
+Generating a character needs, per layer, only the recurrent product h @ W_hh^T: the input side of
+layer 0 is a lookup in a table of every vocabulary entry's projection (Embedding @ W_ih^T + b_ih),
+and the sampling is a Gumbel-max argmax over noise drawn once per chunk of steps. The whole step
+loop is TorchScript (`StepGenerator`), so a step costs a few C++ op calls, not Python, and the very
+same scripted code is what `charrnn.export` saves: generate.py and the exported file agree exactly.
+"""
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
+from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
+
+CHUNK = 32  # steps per call into the scripted loop: noise is drawn and on_step called per chunk
+SPLIT_MIN = 1 << 20  # weights of at least this many elements get the two-halves batched product
+SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 
 
 def check_options(vocab: Vocab, prompt: str, length: int, temperature: float, top_k: int) -> None:
@@ -19,34 +29,236 @@ def check_options(vocab: Vocab, prompt: str, length: int, temperature: float, to
     if unknown:
         shown = ", ".join(repr(c) for c in unknown)
         raise CharRNNError(
-            f"prompt has characters the model never saw: {shown}; remove or replace them"
+            f"prompt has characters the model never saw: {shown}; remove or replace them "
+            "(generate.py: unknown_chars=drop, or unknown_chars=replace with replace_with=' ')"
         )
-    if length <= 0:
-        raise CharRNNError(f"length must be a positive number of characters, got {length}")
-    if temperature < 0:
-        raise CharRNNError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0 <= top_k <= vocab.unk_id:
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise CharRNNError(f"length must be a whole number of characters > 0, got {length!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        0 <= temperature < math.inf
+    ):
+        raise CharRNNError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= vocab.unk_id:
         raise CharRNNError(
-            f"top_k must be between 0 (off) and the vocabulary size {vocab.unk_id}, got {top_k}"
+            f"top_k must be a whole number from 0 (off) to the vocabulary size {vocab.unk_id}, "
+            f"got {top_k!r}"
         )
 
 
-def pick(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None):
-    """Next ids from logits [batch, vocab] whose unknown column is already -inf."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+class StepGenerator(nn.Module):
+    """A CharRNN's weights laid out for generation, and the scripted generation loop.
+
+    Built from a trained CharRNN (eval semantics: no dropout). Holds everything `forward` needs
+    to go from a prompt string to text, vocabulary included, so a saved TorchScript copy runs in
+    a process that has only torch. Rows of a batch share every weight read: a step is one
+    [batch, H] x [H, gates] product per layer, whatever the batch.
+    """
+
+    lstm: bool
+    split_min: int
+    serial_log: int
+    num_layers: int
+    hidden_size: int
+    chunk: int
+    chars: list[str]
+    index: dict[str, int]
+    w_hh: list[Tensor]
+    b_hh: list[Tensor]
+    w_ih: list[Tensor]
+    b_ih: list[Tensor]
+
+    def __init__(self, net: nn.Module, chars: str, split_min: int = SPLIT_MIN):
+        super().__init__()
+        rnn, head = net.rnn, net.head
+        self.split_min, self.serial_log = split_min, SERIAL_LOG
+        self.lstm = isinstance(rnn, nn.LSTM)
+        self.num_layers = rnn.num_layers
+        self.hidden_size = rnn.hidden_size
+        self.chunk = CHUNK
+        self.chars = list(chars)
+        self.index = {c: i for i, c in enumerate(chars)}
+        known = len(chars)  # the unknown id (= known) gets no output column, so it is never drawn
+        with torch.no_grad():
+            weight = lambda name: getattr(rnn, name).detach().float()  # noqa: E731
+            emb = net.embedding.weight.detach().float()
+            # layer 0's input projection of every vocabulary entry: a step's input is a row lookup
+            self.table = torch.addmm(weight("bias_ih_l0"), emb, weight("weight_ih_l0").t())
+            self.w_hh = []
+            self.b_hh = []
+            self.w_ih = []  # layers 1.. (layer 0 is the table)
+            self.b_ih = []
+            for layer in range(self.num_layers):
+                # transposed and contiguous: h [B, H] @ W [H, G] streams W once for all B rows
+                self.w_hh.append(weight(f"weight_hh_l{layer}").t().contiguous())
+                self.b_hh.append(weight(f"bias_hh_l{layer}").clone())
+                if layer > 0:
+                    self.w_ih.append(weight(f"weight_ih_l{layer}").t().contiguous())
+                    self.b_ih.append(weight(f"bias_ih_l{layer}").clone())
+            self.head_w = head.weight.detach().float()[:known].t().contiguous()
+            self.head_b = head.bias.detach().float()[:known].clone()
+
+    def _product(self, bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """bias + x [B, K] @ w [K, G]. One row: MKL's matrix-vector product. Several rows and a
+        big w: the two column halves of w as one batched product, a thread each; MKL's own
+        threading of a few-row product costs almost as much per row as a single row does."""
+        rows, (k, g) = x.shape[0], w.shape
+        if rows == 1 or g % 2 == 1 or w.numel() < self.split_min:
+            return torch.addmm(bias, x, w)
+        halves = w.view(k, 2, g // 2).transpose(0, 1)  # [2, K, G/2]: a view, nothing copied
+        out = torch.baddbmm(bias.view(2, 1, g // 2), x.expand(2, rows, k), halves)
+        return out.transpose(0, 1).reshape(rows, g)
+
+    def _cell(self, layer: int, x: Tensor, state: list[Tensor]) -> Tensor:
+        """One step of one layer from its input projection x [B, G]; updates state in place."""
+        size = self.hidden_size
+        h = state[layer]
+        hh = self._product(self.b_hh[layer], h, self.w_hh[layer])
+        if self.lstm:
+            gates = hh.add_(x)  # i f g o
+            act = torch.sigmoid(gates)
+            g = torch.tanh(gates[:, 2 * size : 3 * size])
+            c = torch.addcmul(act[:, size : 2 * size] * state[self.num_layers + layer],
+                              act[:, :size], g)
+            h = act[:, 3 * size :] * torch.tanh(c)
+            state[self.num_layers + layer] = c
+        else:  # r z n
+            rz = torch.sigmoid(x[:, : 2 * size] + hh[:, : 2 * size])
+            n = torch.tanh(torch.addcmul(x[:, 2 * size :], rz[:, :size], hh[:, 2 * size :]))
+            h = torch.lerp(n, h, rz[:, size:])  # (1 - z) * n + z * h
+        state[layer] = h
+        return h
+
+    def _logits(self, ids: Tensor, state: list[Tensor]) -> Tensor:
+        """Feeds ids [B] through every layer; logits [B, known chars] of the next character."""
+        h = self._cell(0, self.table.index_select(0, ids), state)
+        for layer in range(1, self.num_layers):
+            x = self._product(self.b_ih[layer - 1], h, self.w_ih[layer - 1])
+            h = self._cell(layer, x, state)
+        return torch.addmm(self.head_b, h, self.head_w)
+
+    @torch.jit.export
+    def start(self, ids: Tensor, num_samples: int) -> tuple[list[Tensor], Tensor]:
+        """Runs the prompt ids [T] but its last through the network as one sequence, layer by
+        layer (layers above 0 get their input projection for the whole prompt in one product);
+        returns the state for `num_samples` rows and the last prompt id, still to be fed."""
+        zeros = torch.zeros(1, self.hidden_size, device=self.table.device)
+        state: list[Tensor] = [zeros for _ in range(self.num_layers * (2 if self.lstm else 1))]
+        seen = ids[:-1]
+        if seen.numel() > 0:
+            xs = self.table.index_select(0, seen)
+            for layer in range(self.num_layers):
+                if layer > 0:
+                    xs = torch.addmm(self.b_ih[layer - 1], xs, self.w_ih[layer - 1])
+                outs: list[Tensor] = []
+                for t in range(seen.numel()):
+                    outs.append(self._cell(layer, xs[t : t + 1], state))
+                xs = torch.cat(outs, 0)
+        state = [s.expand(num_samples, self.hidden_size).contiguous() for s in state]
+        return state, ids[-1:].expand(num_samples).contiguous()
+
+    @torch.jit.export
+    def sample(
+        self, state: list[Tensor], pending: Tensor, steps: int, temperature: float, top_k: int,
+        generators: list[torch.Generator],
+    ) -> tuple[Tensor, list[Tensor]]:
+        """`steps` more characters for every row: ids [B, steps] and the state after them.
+
+        `pending` [B] are the ids not yet fed. Sampling is Gumbel-max: argmax(logits + T * g)
+        draws from softmax(logits / T); the noise for the chunk comes from one generator, or one
+        generator per row (then a row's text does not depend on the other rows).
+        """
+        rows = pending.shape[0]
+        known = self.head_b.shape[0]
+        noise = torch.zeros(0)
+        if temperature > 0:
+            if len(generators) == 1:
+                u = torch.rand([steps, rows, known], generator=generators[0])
+            else:
+                u = torch.stack([torch.rand([steps, known], generator=g) for g in generators], 1)
+            flat = u.view(-1)  # Gumbel noise -log(-log(u)), in pieces the log runs serially:
+            for at in range(0, flat.numel(), self.serial_log):  # (waking threads costs more)
+                flat[at : at + self.serial_log].log_().neg_().log_().neg_()
+            noise = u.mul_(temperature).to(self.head_b.device)
+        ids = pending
+        out: list[Tensor] = []
+        for t in range(steps):
+            logits = self._logits(ids, state)
+            if top_k > 0:
+                kth = torch.topk(logits, top_k, 1).values[:, top_k - 1 :]
+                logits = logits.masked_fill(logits < kth, -math.inf)
+            if temperature > 0:
+                logits = logits + noise[t]
+            ids = torch.argmax(logits, 1)
+            out.append(ids)
+        return torch.stack(out, 1), state
+
+    @torch.jit.export
+    def encode(self, prompt: str) -> Tensor:
+        """Prompt text to ids. TorchScript strings are UTF-8 bytes, and UTF-8 is prefix-free, so
+        the first 1-4 byte slice found in the vocabulary is the next character."""
+        ids: list[int] = []
+        at = 0
+        while at < len(prompt):
+            width = 1
+            while width <= 4 and prompt[at : at + width] not in self.index:
+                width += 1
+            if width > 4:
+                raise ValueError(
+                    "prompt has a character this model never saw, at byte " + str(at)
+                    + "; remove or replace it"
+                )
+            ids.append(self.index[prompt[at : at + width]])
+            at += width
+        if len(ids) == 0:
+            raise ValueError("prompt is empty; give at least one character to start from")
+        return torch.tensor(ids, dtype=torch.long, device=self.table.device)
+
+    @torch.jit.export
+    def decode(self, ids: Tensor) -> list[str]:
+        rows: list[list[int]] = ids.tolist()
+        return ["".join([self.chars[i] for i in row]) for row in rows]
+
+    def forward(
+        self, prompt: str, length: int = 1000, temperature: float = 1.0, top_k: int = 0,
+        num_samples: int = 1, seed: int = 0,
+    ) -> list[str]:
+        """`num_samples` continuations of `prompt` (prompt not included), reproducible by seed."""
+        if length <= 0 or temperature < 0 or top_k < 0 or top_k > len(self.chars):
+            raise ValueError(
+                "need length > 0, temperature >= 0, 0 <= top_k <= " + str(len(self.chars))
+            )
+        if num_samples <= 0:
+            raise ValueError("need num_samples > 0")
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        state, pending = self.start(self.encode(prompt), num_samples)
+        pieces: list[Tensor] = []
+        done = 0
+        while done < length:
+            steps = min(self.chunk, length - done)
+            ids, state = self.sample(state, pending, steps, temperature, top_k, [generator])
+            pending = ids[:, -1]
+            pieces.append(ids)
+            done += steps
+        return self.decode(torch.cat(pieces, 1))
+
+
+def script(net: nn.Module, chars: str) -> torch.jit.ScriptModule:
+    """The scripted generator of `net`: what the Sampler runs and what export saves."""
+    return torch.jit.script(StepGenerator(net, chars).eval())
+
+
+def seed_generator(seed: int) -> torch.Generator:
+    """The generator a seed means everywhere (generate.py, the callback, the exported file)."""
+    return torch.Generator().manual_seed(seed)
 
 
 class Sampler:
     """Generates text from a CharRNN: the prompt in one pass, then one character per step."""
 
-    def __init__(self, net: CharRNN, vocab: Vocab):
-        self.net, self.vocab = net, vocab
+    def __init__(self, net: nn.Module, vocab: Vocab):
+        self.vocab = vocab
+        self.core = script(net, vocab.chars)
 
     @torch.no_grad()
     def generate(
@@ -56,28 +268,37 @@ class Sampler:
         temperature: float = 1.0,
         top_k: int = 0,
         num_samples: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         on_step: Callable[[list[str]], None] | None = None,
     ) -> list[str]:
-        """Returns `num_samples` continuations of `prompt` (the prompt not included)."""
+        """Returns `num_samples` continuations of `prompt` (the prompt not included).
+
+        `generator` is one torch.Generator for the whole batch, or one per row (a row then gets
+        exactly the text it would get alone with that generator); None draws a seed from torch's
+        global generator. `on_step` gets each step's characters (one per row), chunk by chunk.
+        """
         check_options(self.vocab, prompt, length, temperature, top_k)
-        was_training = self.net.training
-        self.net.eval()
-        device = next(self.net.parameters()).device
-        try:
-            ids = torch.as_tensor(self.vocab.encode(prompt), dtype=torch.long, device=device)
-            logits, hidden = self.net(ids.expand(num_samples, -1))
-            logits = logits[:, -1].float()
-            out = []
-            for _ in range(length):
-                logits[:, self.vocab.unk_id] = float("-inf")
-                nxt = pick(logits, temperature, top_k, generator)
-                out.append(nxt)
-                if on_step is not None:
-                    on_step([self.vocab.chars[i] for i in nxt.tolist()])
-                logits, hidden = self.net(nxt[:, None], hidden)
-                logits = logits[:, -1].float()
-        finally:
-            self.net.train(was_training)
-        columns = torch.stack(out, 1).tolist()
-        return [self.vocab.decode(row) for row in columns]
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+            raise CharRNNError(f"num_samples must be a whole number > 0, got {num_samples!r}")
+        if generator is None:
+            generator = seed_generator(int(torch.randint(2**62, ())))
+        generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+        if len(generators) not in (1, num_samples):
+            raise CharRNNError(
+                f"give one generator, or one per sample ({num_samples}), not {len(generators)}"
+            )
+        device = self.core.table.device
+        ids = torch.as_tensor(self.vocab.encode(prompt), dtype=torch.long, device=device)
+        state, pending = self.core.start(ids, num_samples)
+        pieces = []
+        for done in range(0, length, CHUNK):
+            steps = min(CHUNK, length - done)
+            chunk, state = self.core.sample(
+                state, pending, steps, float(temperature), top_k, generators
+            )
+            pending = chunk[:, -1]
+            pieces.append(chunk)
+            if on_step is not None:
+                for column in chunk.t().tolist():
+                    on_step([self.vocab.chars[i] for i in column])
+        return [self.vocab.decode(row) for row in torch.cat(pieces, 1).cpu()]

@@ -1,0 +1,170 @@
+"""The sampler against the model it samples: greedy = argmax, rows independent, seeds repeat."""
+
+import pytest
+import torch
+
+from charrnn.errors import CharRNNError
+from charrnn.net import CharRNN
+from charrnn.sampling import Sampler, StepGenerator, seed_generator
+from charrnn.vocab import Vocab
+
+VOCAB = Vocab("\n !,.:?ADEIJLMNORTUaeghilnorstuy")
+
+
+def make_net(cell="gru", layers=1, vocab=VOCAB, scale=3.0, seed=0, recurrent=1.0) -> CharRNN:
+    """A random tiny network; `scale` sharpens its output distribution so rows diverge clearly,
+    `recurrent` > 1 makes its dynamics lively enough that greedy text does not settle at once."""
+    torch.manual_seed(seed)
+    net = CharRNN(vocab.size, cell, embedding_dim=8, rnn_units=16, num_layers=layers)
+    with torch.no_grad():
+        net.head.weight.mul_(scale)
+        for weight in net.rnn.parameters():
+            weight.mul_(recurrent)
+    return net.eval()
+
+
+CELLS = [("gru", 1), ("lstm", 1), ("gru", 3), ("lstm", 2)]
+
+
+def make_sampler(net: CharRNN, split: bool = False) -> Sampler:
+    """split=True: rows > 1 take the two-halves batched product that big models get."""
+    sampler = Sampler(net, VOCAB)
+    if split:
+        sampler.core = torch.jit.script(StepGenerator(net, VOCAB.chars, split_min=0))
+    return sampler
+
+
+@pytest.mark.parametrize("cell,layers", CELLS)
+def test_greedy_is_the_models_argmax_step_by_step(cell, layers):
+    net = make_net(cell, layers, seed=1, recurrent=3.0)
+    (text,) = Sampler(net, VOCAB).generate("ROMEO:", 40, temperature=0)
+    assert len(set(text)) >= 4  # a varied text, or the comparison would prove little
+    ids = list(VOCAB.encode("ROMEO:"))
+    with torch.no_grad():
+        for expected in text:
+            logits, _ = net(torch.tensor([ids]))
+            best = int(logits[0, -1, : VOCAB.unk_id].argmax())  # never the unknown id
+            assert VOCAB.chars[best] == expected
+            ids.append(best)
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("cell,layers", CELLS)
+def test_step_logits_equal_the_models_logits(cell, layers, split):
+    net = make_net(cell, layers, scale=1.0)
+    core = make_sampler(net, split).core
+    ids = torch.tensor(VOCAB.encode("ROMEO: Good night, sweet JULIET!"))
+    with torch.no_grad():
+        expected = net(ids[None])[0][0, :, : VOCAB.unk_id]
+    for k in (1, 2, 7, len(ids)):
+        state, pending = core.start(ids[:k], 3)  # the prompt pass, then one step
+        logits = core._logits(pending, state)
+        assert logits.shape == (3, VOCAB.unk_id)
+        torch.testing.assert_close(logits, expected[k - 1].expand(3, -1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell,layers", CELLS)
+def test_same_seed_same_text_and_other_seed_other_text(cell, layers):
+    sampler = Sampler(make_net(cell, layers), VOCAB)
+    a = sampler.generate("JULIET:", 200, 1.0, 0, 3, seed_generator(7))
+    b = sampler.generate("JULIET:", 200, 1.0, 0, 3, seed_generator(7))
+    c = sampler.generate("JULIET:", 200, 1.0, 0, 3, seed_generator(8))
+    assert a == b
+    assert a != c
+    assert len(a) == 3 and all(len(t) == 200 for t in a)
+    assert len(set(a)) == 3  # rows are different samples, not copies
+
+
+@pytest.mark.parametrize("cell,layers", CELLS)
+@pytest.mark.parametrize("top_k,split", [(0, False), (5, False), (0, True)])
+def test_batched_rows_equal_each_row_alone(cell, layers, top_k, split):
+    sampler = make_sampler(make_net(cell, layers), split)
+    generators = [seed_generator(100 + row) for row in range(4)]
+    batch = sampler.generate("ROMEO:", 150, 0.9, top_k, 4, generators)
+    alone = [
+        sampler.generate("ROMEO:", 150, 0.9, top_k, 1, seed_generator(100 + row))[0]
+        for row in range(4)
+    ]
+    assert batch == alone
+    assert len(set(batch)) == 4
+    greedy = sampler.generate("ROMEO:", 150, 0, 0, 5)
+    assert greedy == sampler.generate("ROMEO:", 150, 0, 0, 1) * 5
+
+
+def test_never_emits_the_unknown_id():
+    net = make_net()
+    with torch.no_grad():
+        net.head.bias[VOCAB.unk_id] = 1e4  # the model wants nothing but the unknown id
+    sampler = Sampler(net, VOCAB)
+    for temperature in (0, 1.0, 5.0):
+        for text in sampler.generate("A", 300, temperature, 0, 2, seed_generator(0)):
+            assert set(text) <= set(VOCAB.chars)
+
+
+def test_top_k_one_is_greedy_and_top_k_keeps_to_the_k_likeliest():
+    net = make_net(scale=1.0)
+    sampler = Sampler(net, VOCAB)
+    greedy = sampler.generate("ROMEO:", 100, 0)
+    assert sampler.generate("ROMEO:", 100, 2.0, 1, 1, seed_generator(3)) == greedy
+    (text,) = sampler.generate("ROMEO:", 100, 2.0, 3, 1, seed_generator(3))
+    ids = torch.tensor([list(VOCAB.encode("ROMEO:" + text))])
+    with torch.no_grad():
+        logits = net(ids)[0][0, 5:-1, : VOCAB.unk_id]  # the distribution before each new char
+    chosen = logits.gather(1, ids[0, 6:, None])
+    ranks = (logits > chosen).sum(1)
+    assert int(ranks.max()) < 3
+    assert int(ranks.max()) > 0  # with temperature 2 not everything is the top choice
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (1.0, 2)])
+def test_samples_follow_the_models_distribution(temperature, top_k):
+    vocab = Vocab("\nabc")
+    net = make_net(vocab=vocab, scale=8.0, seed=1)
+    with torch.no_grad():
+        logits = net(torch.tensor([list(vocab.encode("ab"))]))[0][0, -1, : vocab.unk_id]
+    logits = logits / temperature
+    if top_k:
+        logits[logits < logits.topk(top_k).values[-1]] = float("-inf")
+    expected = torch.softmax(logits, 0)
+    rows = 4000
+    texts = Sampler(net, vocab).generate("ab", 1, temperature, top_k, rows, seed_generator(5))
+    counts = torch.tensor([sum(t == c for t in texts) for c in vocab.chars], dtype=torch.float)
+    assert 0.5 * float((counts / rows - expected).abs().sum()) < 0.04
+    assert float(expected.max()) < 0.9  # the test would be weak on a near-certain distribution
+
+
+def test_on_step_streams_the_same_text():
+    sampler = Sampler(make_net("lstm", 2), VOCAB)
+    steps = []
+    texts = sampler.generate("ROMEO:", 77, 1.0, 0, 2, seed_generator(1), on_step=steps.append)
+    assert len(steps) == 77 and all(len(chars) == 2 for chars in steps)
+    assert ["".join(s[row] for s in steps) for row in range(2)] == texts
+    assert texts == sampler.generate("ROMEO:", 77, 1.0, 0, 2, seed_generator(1))
+
+
+@pytest.mark.parametrize(
+    "prompt,length,temperature,top_k,needle",
+    [
+        ("ROMEO:", 0, 1.0, 0, "length"),
+        ("ROMEO:", -5, 1.0, 0, "length"),
+        ("ROMEO:", 10, -0.5, 0, "temperature"),
+        ("ROMEO:", 10, 1.0, VOCAB.unk_id + 1, "top_k"),
+        ("ROMEO:", 10, 1.0, -1, "top_k"),
+        ("", 10, 1.0, 0, "prompt"),
+        ("ROMEO: ¿Qué?", 10, 1.0, 0, "'¿', 'Q', 'é'"),
+    ],
+)
+def test_bad_options_give_one_line_errors(prompt, length, temperature, top_k, needle):
+    sampler = Sampler(make_net(), VOCAB)
+    with pytest.raises(CharRNNError) as err:
+        sampler.generate(prompt, length, temperature, top_k)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_sampler_leaves_the_training_net_alone():
+    net = make_net().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    Sampler(net, VOCAB).generate("A", 20, 1.0, 0, 2, seed_generator(0))
+    assert net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
