@@ -1,0 +1,112 @@
+"""A GRU layer built around large matrix products, for CPU training speed.
+
+`nn.GRU` on CPU runs each time step's recurrent product forward and then lets autograd replay the
+sequence step by step, accumulating the recurrent weight gradient as one small product per step.
+Here only the per-step recurrent products stay per step; the input projection, its gradients and the
+recurrent weight gradient are each one sequence-long product, and backward is written by hand.
+Same parameters, initialisation, equations and state-dict keys as `nn.GRU` (checkpoints move
+between the two); on CUDA it defers to `nn.GRU` (cuDNN).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GRURecurrence(torch.autograd.Function):
+    """The recurrent half of one GRU layer over a whole sequence, time-major.
+
+    Inputs: gi [T, B, 3H] (input projections, bias included), h0 [B, H], w_hh [3H, H], b_hh [3H].
+    Output: the hidden states h_1..h_T as [T, B, H].
+
+    Every gate gradient is the gradient reaching h_t times a coefficient that the forward pass
+    already knows, so forward stores those coefficients (computed while r, z, n are in cache) and
+    each backward step is one broadcast multiply and one matrix product.
+    """
+
+    @staticmethod
+    def forward(ctx, gi, h0, w_hh, b_hh):
+        steps, batch, three_h = gi.shape
+        size = three_h // 3
+        train = any(ctx.needs_input_grad)
+        states = gi.new_empty(steps + 1, batch, size)  # h_0..h_T: every h_{t-1} is states[:-1]
+        states[0] = h0
+        if train:
+            coef = gi.new_empty(steps, batch, 3, size)  # d(r, z, n pre-activations of gh) / dh_t
+            n_coef = gi.new_empty(steps, batch, size)  # d(n pre-activation of gi) / dh_t
+            zs = gi.new_empty(steps, batch, size)  # dh_{t-1} / dh_t, besides the product
+        w_t, one = w_hh.t(), gi.new_ones(())
+        for t in range(steps):
+            h = states[t]
+            gh = torch.addmm(b_hh, h, w_t)
+            rz = torch.add(gi[t, :, : 2 * size], gh[:, : 2 * size]).sigmoid_()
+            r, z = rz[:, :size], rz[:, size:]
+            hn = gh[:, 2 * size :]
+            n = torch.addcmul(gi[t, :, 2 * size :], r, hn).tanh_()
+            torch.lerp(n, h, z, out=states[t + 1])  # (1 - z) n + z h
+            if train:
+                dn = torch.mul(torch.addcmul(one, n, n, value=-1), 1 - z, out=n_coef[t])
+                c = coef[t]
+                torch.mul(torch.addcmul(r, r, r, value=-1).mul_(hn), dn, out=c[:, 0])
+                torch.mul(torch.addcmul(z, z, z, value=-1), h - n, out=c[:, 1])
+                torch.mul(dn, r, out=c[:, 2])
+                zs[t] = z
+        if train:
+            ctx.save_for_backward(w_hh)
+            ctx.states, ctx.coef, ctx.n_coef, ctx.zs = states, coef, n_coef, zs
+        return states[1:]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (w_hh,) = ctx.saved_tensors
+        states, coef, n_coef, zs = ctx.states, ctx.coef, ctx.n_coef, ctx.zs
+        del ctx.states, ctx.coef, ctx.n_coef, ctx.zs
+        steps, batch, _, size = coef.shape
+        grad_gh = torch.empty_like(coef)  # gradient of the recurrent pre-activations
+        grad_gi_n = torch.empty_like(n_coef)
+        carry = torch.zeros_like(n_coef[0])
+        for t in range(steps - 1, -1, -1):
+            dh = carry + grad_out[t]
+            torch.mul(coef[t], dh.unsqueeze(1), out=grad_gh[t])
+            torch.mul(n_coef[t], dh, out=grad_gi_n[t])
+            carry = torch.addmm(dh.mul_(zs[t]), grad_gh[t].view(batch, 3 * size), w_hh)
+        flat_gh = grad_gh.view(-1, 3 * size)
+        grad_gi = grad_w_hh = grad_b_hh = None
+        if ctx.needs_input_grad[2]:  # one sequence-long product instead of one per step
+            grad_w_hh = flat_gh.t().mm(states[:-1].reshape(-1, size))
+        if ctx.needs_input_grad[3]:
+            grad_b_hh = flat_gh.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_gi = torch.cat([grad_gh[:, :, :2].flatten(2), grad_gi_n], dim=-1)
+        return grad_gi, carry, grad_w_hh, grad_b_hh
+
+
+class FusedGRU(nn.GRU):
+    """Drop-in `nn.GRU` (unidirectional, no projection) whose CPU path is `GRURecurrence`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.bidirectional or self.proj_size or not self.bias:
+            raise ValueError("FusedGRU supports unidirectional GRUs with biases and no proj_size")
+
+    def forward(self, input, hx=None):  # noqa: A002 - nn.GRU's signature
+        if input.is_cuda or input.dim() != 3:
+            return super().forward(input, hx)
+        x = input.transpose(0, 1) if self.batch_first else input  # time-major
+        if hx is None:
+            hx = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+        finals = []
+        for layer in range(self.num_layers):
+            if layer and self.dropout and self.training:
+                x = F.dropout(x, self.dropout, training=True)
+            w_ih, w_hh, b_ih, b_hh = (
+                getattr(self, f"{name}_l{layer}")
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            gi = F.linear(x, w_ih, b_ih)
+            x = GRURecurrence.apply(gi, hx[layer], w_hh, b_hh)
+            finals.append(x[-1])
+        out = x.transpose(0, 1) if self.batch_first else x
+        return out, torch.stack(finals)
