@@ -45,9 +45,9 @@ class Plan:
     rnn_units: int
     batch_size: int
     seq_length: int
-    rounds: int  # interleaved rounds of every training variant
-    warmup: int  # untimed steps at the start of each round
-    steps: int  # timed steps per round
+    rounds: int  # training runs of every variant, each step paired with a hand-written-loop step
+    warmup: int  # untimed steps at the start of each run
+    steps: int  # timed steps per run
     gen_length: int
     gen_rounds: int
     scale_mb: tuple[float, ...]
@@ -59,10 +59,10 @@ class Plan:
 
 TUTORIAL = {"embedding_dim": 256, "rnn_units": 1024, "batch_size": 64, "seq_length": 100}
 PLANS = {
-    "full": Plan(**TUTORIAL, rounds=4, warmup=2, steps=5, gen_length=1000, gen_rounds=3,
+    "full": Plan(**TUTORIAL, rounds=2, warmup=2, steps=8, gen_length=1000, gen_rounds=3,
                  scale_mb=(1, 10, 100), naive_mb=(1, 10, 100), scale_rounds=3,
                  startup_rounds=3, matmul_size=2048),
-    "quick": Plan(**TUTORIAL, rounds=2, warmup=1, steps=2, gen_length=1000, gen_rounds=2,
+    "quick": Plan(**TUTORIAL, rounds=1, warmup=2, steps=4, gen_length=1000, gen_rounds=2,
                   scale_mb=(1, 10, 100), naive_mb=(1, 10), scale_rounds=2,
                   startup_rounds=2, matmul_size=2048),
     "smoke": Plan(embedding_dim=16, rnn_units=32, batch_size=8, seq_length=16, rounds=1,
@@ -178,40 +178,40 @@ def train_flops(cell: str, plan: Plan, vocab_size: int) -> float:
     return 3 * per_char * plan.batch_size * plan.seq_length
 
 
-def lightning_round(overrides: list[str], plan: Plan, run_dir: Path) -> list[float]:
-    """Seconds per steady-state step of our real path: build(cfg) and Trainer.fit, as `train` does.
+def lightning_paired(overrides: list[str], plan: Plan, run_dir: Path, loop: HandLoop):
+    """Steady-state seconds per step of our real path, each step paired with one `loop` step.
 
-    Steps are timed between consecutive on_train_batch_end calls, so each interval holds the whole
-    loop (batch fetch, step, logging, progress bar, callbacks); sanity check and validation are off.
+    build(cfg) and Trainer.fit, as `train` does (logger, progress bar, callbacks; sanity check and
+    validation off). After every Lightning step a callback runs and times one step of the
+    hand-written loop, so the two alternate step by step (A B A B ...). A Lightning step is the time
+    from the end of that callback to the end of the next batch: batch fetch, step, logging, progress
+    bar, hooks.
     """
     import lightning as L
 
     from charrnn.training import build
 
-    class StepClock(L.Callback):
+    class Alternate(L.Callback):
         def __init__(self):
-            self.ends = []
+            self.ours, self.theirs, self.resumed = [], [], None
 
         def on_train_batch_end(self, *args) -> None:
-            self.ends.append(time.perf_counter())
+            if self.resumed is not None:
+                self.ours.append(time.perf_counter() - self.resumed)
+            self.theirs.append(timed(loop.step))
+            self.resumed = time.perf_counter()
 
-    total = plan.warmup + plan.steps
-    cfg = compose_train(
-        run_dir,
-        [
-            *overrides,
-            f"++trainer.max_steps={total}",
-            "trainer.max_epochs=-1",
-            "trainer.num_sanity_val_steps=0",
-            "++trainer.limit_val_batches=0",
-        ],
-    )
-    datamodule, module, trainer = build(cfg)
-    clock = StepClock()
-    trainer.callbacks.append(clock)
+    settings = [
+        f"++trainer.max_steps={plan.warmup + plan.steps}",
+        "trainer.max_epochs=-1",
+        "trainer.num_sanity_val_steps=0",
+        "++trainer.limit_val_batches=0",
+    ]
+    datamodule, module, trainer = build(compose_train(run_dir, [*overrides, *settings]))
+    pairs = Alternate()
+    trainer.callbacks.append(pairs)
     trainer.fit(module, datamodule=datamodule)
-    ends = clock.ends
-    return [b - a for a, b in zip(ends[plan.warmup - 1 : -1], ends[plan.warmup :], strict=True)]
+    return pairs.ours[plan.warmup - 1 :], pairs.theirs[plan.warmup :]
 
 
 class HandLoop:
@@ -245,11 +245,6 @@ class HandLoop:
         self.optimizer.step()
         return loss.item()
 
-    def round(self) -> list[float]:
-        for _ in range(self.plan.warmup):
-            self.step()
-        return [timed(self.step) for _ in range(self.plan.steps)]
-
 
 def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -> dict:
     from charrnn.corpus import encode_file
@@ -265,30 +260,28 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -
         f"data.path={corpus}",
         "experiment=tutorial",
     ]
-    variants = {  # (cell, name): Lightning overrides, or None for the hand-written loop
+    variants = {  # (cell, name): the Lightning run's overrides; each is paired with the cell's loop
         ("gru", "charrnn"): size,
         ("gru", "charrnn_impl_torch"): [*size, "model.impl=torch"],
-        ("gru", "loop"): None,
         ("lstm", "charrnn"): [*size, "model=lstm"],
-        ("lstm", "loop"): None,
     }
-    loops = {
-        key: HandLoop(key[0], plan, train_ids, vocab.size)
-        for key, overrides in variants.items()
-        if overrides is None
-    }
-    steps = {key: [] for key in variants}
-    per_round = {key: [] for key in variants}
-    keys = list(variants)
+    loops = {cell: HandLoop(cell, plan, train_ids, vocab.size) for cell in ("gru", "lstm")}
+    steps = {key: [] for key in [*variants, ("gru", "loop"), ("lstm", "loop")]}
+    ratios = {key: [] for key in steps}
     for r in range(plan.rounds):
-        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotate who goes first
-            if variants[key] is None:
-                seconds = loops[key].round()
-            else:
-                seconds = lightning_round(variants[key], plan, workdir / f"train-{key[0]}-{r}")
-            print(f"  train {key[0]} {key[1]} round {r}: {median(seconds):.3f} s/step", flush=True)
-            steps[key] += seconds
-            per_round[key].append(median(seconds))
+        for (cell, name), overrides in variants.items():
+            ours, theirs = lightning_paired(
+                overrides, plan, workdir / f"{cell}-{name}-{r}", loops[cell]
+            )
+            steps[(cell, name)] += ours
+            steps[(cell, "loop")] += theirs
+            ratios[(cell, name)] += [lo / us for us, lo in zip(ours, theirs, strict=True)]
+            ratios[(cell, "loop")] += [1.0] * len(theirs)
+            print(
+                f"  train {cell} {name} round {r}: {median(ours):.3f} s/step, "
+                f"paired hand-written loop {median(theirs):.3f} s/step",
+                flush=True,
+            )
     chars = plan.batch_size * plan.seq_length
     result = {
         "batch_size": plan.batch_size,
@@ -299,15 +292,12 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -
     }
     for (cell, name), seconds in steps.items():
         flops = train_flops(cell, plan, vocab.size)
-        loop_rounds = per_round[(cell, "loop")]
         row = {
             "step_s": stats(seconds),
             "chars_per_s": stats(chars / s for s in seconds),
             "mfu": stats(flops / s / 1e9 / peak_gflops for s in seconds),
-            # same-round ratios of median step times: > 1 means faster than the hand-written loop
-            "speed_vs_loop": stats(
-                lo / ours for lo, ours in zip(loop_rounds, per_round[(cell, name)], strict=True)
-            ),
+            # loop step / our step, pair by pair: > 1 means faster than the hand-written loop
+            "speed_vs_loop": stats(ratios[(cell, name)]),
         }
         if name == "charrnn":
             row["epoch_s_per_million_chars"] = stats(s / chars * 1e6 for s in seconds)

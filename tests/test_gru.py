@@ -100,14 +100,37 @@ def test_unsupported_variants_are_refused():
             FusedGRU(5, 7, **kwargs)
 
 
+def test_projected_embedding_table_gives_the_same_outputs_and_gradients():
+    _, fused = _pair(2, True)
+    embedding = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(4, (3, 8))
+    h0 = torch.randn(2, 3, 7, dtype=torch.float64)
+    results = []
+    for run in (lambda: fused(embedding[ids], h0), lambda: fused.forward_ids(ids, embedding, h0)):
+        out, h_n = run()
+        loss = (out.sin() * torch.linspace(-1, 1, 7, dtype=out.dtype)).sum() + h_n.sum()
+        results.append((out, h_n, torch.autograd.grad(loss, [embedding, *fused.parameters()])))
+    (out_a, h_a, grads_a), (out_b, h_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_a)
+    torch.testing.assert_close(h_b, h_a)
+    for g_b, g_a in zip(grads_b, grads_a, strict=True):
+        torch.testing.assert_close(g_b, g_a)
+
+
 def test_charrnn_impl_chooses_the_layer_and_checkpoints_move_between_them():
-    auto = CharRNN(10, "gru", 8, 16, impl="auto")
-    plain = CharRNN(10, "gru", 8, 16, impl="torch")
+    auto = CharRNN(10, "gru", 8, 16, impl="auto").double()
+    plain = CharRNN(10, "gru", 8, 16, impl="torch").double()
     assert type(auto.rnn) is FusedGRU and type(plain.rnn) is nn.GRU
     assert type(CharRNN(10, "lstm", 8, 16).rnn) is nn.LSTM
     plain.load_state_dict(auto.state_dict())  # same keys and shapes
-    ids = torch.randint(10, (2, 9))
-    torch.testing.assert_close(plain(ids)[0], auto(ids)[0], rtol=1e-5, atol=1e-6)
+    for ids in (torch.randint(10, (2, 9)), torch.randint(10, (1, 3))):  # table path, plain path
+        (logits_a, h_a), (logits_p, h_p) = auto(ids), plain(ids)
+        torch.testing.assert_close(logits_a, logits_p)
+        torch.testing.assert_close(h_a, h_p)
+        grads_a = torch.autograd.grad(logits_a.logsumexp(-1).sum(), list(auto.parameters()))
+        grads_p = torch.autograd.grad(logits_p.logsumexp(-1).sum(), list(plain.parameters()))
+        for g_a, g_p in zip(grads_a, grads_p, strict=True):
+            torch.testing.assert_close(g_a, g_p)
     with pytest.raises(CharRNNError, match="model.impl"):
         CharRNN(10, "lstm", 8, 16, impl="fused")
     with pytest.raises(CharRNNError, match="model.impl"):

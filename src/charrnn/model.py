@@ -60,8 +60,10 @@ class CharRNN(nn.Module):
         return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
     def forward(self, ids: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
-        x = self.emb_dropout(self.embedding(ids))
-        out, hidden = self.rnn(x, hidden)
+        if isinstance(self.rnn, FusedGRU) and not (self.training and self.emb_dropout.p):
+            out, hidden = self.rnn.forward_ids(ids, self.embedding.weight, hidden)  # same, faster
+        else:
+            out, hidden = self.rnn(self.emb_dropout(self.embedding(ids)), hidden)
         return self.head(self.out_dropout(out)), hidden
 
 
