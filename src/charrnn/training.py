@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
+import sys
 from pathlib import Path
 
 import hydra
@@ -48,9 +50,27 @@ def _flat_params(cfg: DictConfig) -> dict:
     return flat
 
 
+def keep_freed_memory() -> None:
+    """Has glibc keep freed memory for the next step instead of handing it back to the OS.
+
+    By default glibc maps every allocation over 32 MB afresh and unmaps it when freed, so each CPU
+    training step page-faults its activations in again: ~80,000 faults, a quarter of a GRU-1024
+    step. The price: the process holds on to its peak memory until it exits.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GB from the reusable heap
+    libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD (a C int): do not shrink the heap back
+
+
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer."""
     validate_train(cfg)
+    keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: CharDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
