@@ -155,3 +155,22 @@ def test_config_validates_model_impl(tmp_path, overrides, ok):
     else:
         with pytest.raises(CharRNNError, match=r"^model\.impl: "):
             validate_train(cfg)
+
+
+def test_adam_steps_follow_the_nn_gru_model():
+    torch.manual_seed(0)
+    nets = [CharRNN(12, "gru", 8, 16, impl=impl) for impl in ("auto", "torch")]
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [torch.optim.Adam(net.parameters(), lr=1e-2) for net in nets]
+    ids = torch.randint(12, (6, 21))
+    losses = [[], []]
+    for _ in range(5):
+        for net, optimizer, curve in zip(nets, optimizers, losses, strict=True):
+            logits, _ = net(ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 12), ids[:, 1:].reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            curve.append(loss.item())
+    assert losses[0][-1] < losses[0][0]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

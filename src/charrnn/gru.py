@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+MIN_STEPS = 8  # shorter sequences (e.g. sampling, one character per call) go through nn.GRU's C++
 
 
 def row_product(weight: torch.Tensor, rows: int, calls: int):
@@ -25,7 +26,7 @@ def row_product(weight: torch.Tensor, rows: int, calls: int):
     A few calls, or one-row products (matrix-vector, nothing to pack), are not worth the packing.
     """
     packable = weight.dtype == torch.float32 and weight.device.type == "cpu"
-    if _MKL_PACKED and packable and calls >= 8 and rows > 1:
+    if _MKL_PACKED and packable and calls >= MIN_STEPS and rows > 1:
         packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
         return lambda x, bias=None: torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
     transposed = weight.t().contiguous()  # a contiguous right operand is faster than a view
@@ -55,33 +56,33 @@ class GRURecurrence(torch.autograd.Function):
         if train:
             coef = gi.new_empty(steps, batch, 3, size)  # d(r, z, n pre-activations of gh) / dh_t
             n_coef = gi.new_empty(steps, batch, size)  # d(n pre-activation of gi) / dh_t
-            zs = gi.new_empty(steps, batch, size)  # dh_{t-1} / dh_t, besides the product
-        recurrent, one = row_product(w_hh, batch, steps), gi.new_ones(())
+        gates = gi.new_empty(steps, batch, 2 * size)  # r and z, kept for backward
+        recurrent = row_product(w_hh, batch, steps)
         for t in range(steps):
             h = states[t]
             gh = recurrent(h, b_hh)
-            rz = torch.add(gi[t, :, : 2 * size], gh[:, : 2 * size]).sigmoid_()
+            rz = torch.add(gi[t, :, : 2 * size], gh[:, : 2 * size], out=gates[t]).sigmoid_()
             r, z = rz[:, :size], rz[:, size:]
             hn = gh[:, 2 * size :]
             n = torch.addcmul(gi[t, :, 2 * size :], r, hn).tanh_()
-            torch.lerp(n, h, z, out=states[t + 1])  # (1 - z) n + z h
-            if train:
-                dn = torch.mul(torch.addcmul(one, n, n, value=-1), 1 - z, out=n_coef[t])
-                c = coef[t]
-                torch.mul(torch.addcmul(r, r, r, value=-1).mul_(hn), dn, out=c[:, 0])
-                torch.mul(torch.addcmul(z, z, z, value=-1), h - n, out=c[:, 1])
-                torch.mul(dn, r, out=c[:, 2])
-                zs[t] = z
+            h_next = torch.lerp(n, h, z, out=states[t + 1])  # (1 - z) n + z h
+            if train:  # the coefficients, from values still in cache
+                c, keep = coef[t], 1 - z
+                dn = torch.addcmul(keep, keep, n * n, value=-1, out=n_coef[t])  # (1-z)(1-n²)
+                c_n = torch.mul(dn, r, out=c[:, 2])
+                c_r = c_n * hn
+                torch.addcmul(c_r, c_r, r, value=-1, out=c[:, 0])  # dn hn r (1 - r)
+                torch.mul(h_next - n, keep, out=c[:, 1])  # h_next - n = z (h - n)
         if train:
             ctx.save_for_backward(w_hh)
-            ctx.states, ctx.coef, ctx.n_coef, ctx.zs = states, coef, n_coef, zs
+            ctx.states, ctx.coef, ctx.n_coef, ctx.gates = states, coef, n_coef, gates
         return states[1:]
 
     @staticmethod
     def backward(ctx, grad_out):
         (w_hh,) = ctx.saved_tensors
-        states, coef, n_coef, zs = ctx.states, ctx.coef, ctx.n_coef, ctx.zs
-        del ctx.states, ctx.coef, ctx.n_coef, ctx.zs
+        states, coef, n_coef, gates = ctx.states, ctx.coef, ctx.n_coef, ctx.gates
+        del ctx.states, ctx.coef, ctx.n_coef, ctx.gates
         steps, batch, _, size = coef.shape
         grad_gh = torch.empty_like(coef)  # gradient of the recurrent pre-activations
         grad_gi_n = torch.empty_like(n_coef)
@@ -91,7 +92,7 @@ class GRURecurrence(torch.autograd.Function):
             dh = carry + grad_out[t]
             torch.mul(coef[t], dh.unsqueeze(1), out=grad_gh[t])
             torch.mul(n_coef[t], dh, out=grad_gi_n[t])
-            carry = back(grad_gh[t].view(batch, 3 * size)).addcmul_(dh, zs[t])
+            carry = back(grad_gh[t].view(batch, 3 * size)).addcmul_(dh, gates[t, :, size:])
         flat_gh = grad_gh.view(-1, 3 * size)
         grad_gi = grad_w_hh = grad_b_hh = None
         if ctx.needs_input_grad[2]:  # one sequence-long product instead of one per step
@@ -112,7 +113,8 @@ class FusedGRU(nn.GRU):
             raise ValueError("FusedGRU supports unidirectional GRUs with biases and no proj_size")
 
     def forward(self, input, hx=None):  # noqa: A002 - nn.GRU's signature
-        if input.is_cuda or input.dim() != 3:
+        steps = input.shape[1 if self.batch_first else 0] if input.dim() == 3 else 0
+        if input.is_cuda or steps < MIN_STEPS:
             return super().forward(input, hx)
         x = input.transpose(0, 1) if self.batch_first else input  # time-major
         return self._layers(F.linear(x, self.weight_ih_l0, self.bias_ih_l0), hx)
