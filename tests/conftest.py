@@ -83,8 +83,12 @@ def trained_run(tmp_path_factory) -> Path:
     corpus.write_text(make_text(40_000), encoding="utf-8")
     run_dir = root / "outputs" / "runs" / "2000-01-01_00-00-00-000000"
     cfg = train_config(
-        run_dir, *TINY, f"data.path={corpus}", "trainer.max_epochs=1",
-        "~callbacks.progress_bar", "~callbacks.model_summary",
+        run_dir,
+        *TINY,
+        f"data.path={corpus}",
+        "trainer.max_epochs=1",
+        "~callbacks.progress_bar",
+        "~callbacks.model_summary",
     )
     train(cfg, run_dir)
     return root

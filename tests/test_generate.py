@@ -121,7 +121,12 @@ def test_bad_checkpoints_give_one_line_errors(trained_run, tmp_path, kind, needl
 def test_cli_streams_one_sample_and_writes_out(trained_run, tmp_path):
     out = tmp_path / "samples" / "one.txt"
     result = run_cli(
-        "generate.py", "ckpt=last", "length=80", "seed=3", "temperature=0.8", f"out={out}",
+        "generate.py",
+        "ckpt=last",
+        "length=80",
+        "seed=3",
+        "temperature=0.8",
+        f"out={out}",
         cwd=trained_run,
     )
     assert result.returncode == 0, result.stderr
@@ -136,8 +141,15 @@ def test_cli_streams_one_sample_and_writes_out(trained_run, tmp_path):
 
 def test_cli_batch_prints_each_sample_under_a_header(trained_run):
     result = run_cli(
-        "generate.py", "ckpt=best", "length=40", "num_samples=3", "top_k=4",
-        "prompt='ROMEO€:'", "unknown_chars=replace", "replace_with=' '", cwd=trained_run,
+        "generate.py",
+        "ckpt=best",
+        "length=40",
+        "num_samples=3",
+        "top_k=4",
+        "prompt='ROMEO€:'",
+        "unknown_chars=replace",
+        "replace_with=' '",
+        cwd=trained_run,
     )
     assert result.returncode == 0, result.stderr
     blocks = result.stdout.split("===== sample ")[1:]

@@ -111,8 +111,10 @@ def load(path: str | Path) -> Trained:
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if (
-        not isinstance(hparams, dict) or not isinstance(hparams.get("vocab"), str)
-        or not isinstance(hparams.get("model"), dict) or not isinstance(state, dict)
+        not isinstance(hparams, dict)
+        or not isinstance(hparams.get("vocab"), str)
+        or not isinstance(hparams.get("model"), dict)
+        or not isinstance(state, dict)
     ):
         raise CharRNNError(
             f"ckpt: {path} is not a charrnn checkpoint (it lacks hyper_parameters.vocab/model and "

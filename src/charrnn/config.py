@@ -11,6 +11,7 @@ from charrnn.errors import CharRNNError
 
 # the keys of charrnn.model.CELLS, named here so that checking a config needs no torch import
 CELLS = ("gru", "lstm")
+IMPLS = ("auto", "torch", "fused")  # the RNN layer: auto = FusedGRU for GRUs, nn.LSTM for LSTMs
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -34,6 +35,13 @@ def validate_train(cfg: DictConfig) -> None:
     """Every user-facing value of a training config, checked against its allowed range."""
     model, data, trainer = cfg.model, cfg.data, cfg.trainer
     _require(model.cell in CELLS, "model.cell", model.cell, f"choose one of {', '.join(CELLS)}")
+    impls = IMPLS if model.cell == "gru" else tuple(i for i in IMPLS if i != "fused")
+    _require(
+        model.get("impl", "auto") in impls,
+        "model.impl",
+        model.get("impl"),
+        f"choose one of {', '.join(impls)} for model.cell={model.cell}",
+    )
     for key in ("embedding_dim", "rnn_units", "num_layers"):
         _positive_int(model[key], f"model.{key}")
     for key in ("dropout", "emb_dropout", "out_dropout"):

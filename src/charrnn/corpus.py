@@ -6,11 +6,13 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import socket
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from charrnn.vocab import Vocab
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 16 << 20  # decode in slices so a 100 MB corpus never becomes one giant str
+CACHE_MIN_BYTES = 4 << 20  # smaller corpora encode in well under a second: not worth a file
+IDS_CACHE_FORMAT = 1  # bump when the encoding changes, so old caches are ignored
 
 
 def sha256_file(path: Path) -> str:
@@ -143,19 +147,82 @@ def _decoded_slices(path: Path):
             carry = block[cut:]
 
 
-def encode_file(path: Path, vocab: Vocab | None = None) -> tuple[Vocab, np.ndarray]:
-    """Reads and encodes a UTF-8 file in two vectorised passes: histogram → vocabulary, then ids.
-
-    Ids are stored in the narrowest unsigned type that holds them (1 byte per char for most text).
-    """
-    counts = np.zeros(0x110000, dtype=np.int64)
+def _encode(path: Path, vocab: Vocab | None) -> tuple[Vocab, np.ndarray]:
+    """Two vectorised passes: the set of code points → vocabulary, then a table gather per slice."""
+    seen, total = np.zeros(0x110000, dtype=bool), 0
     for codepoints in _decoded_slices(path):
-        counts += np.bincount(codepoints, minlength=0x110000)
-    vocab = vocab or Vocab.from_counts(counts)
+        seen[codepoints] = True
+        total += len(codepoints)
+    vocab = vocab or Vocab.from_counts(seen)
     dtype = np.uint8 if vocab.size <= 256 else np.uint16 if vocab.size <= 65536 else np.int32
-    ids = np.empty(int(counts.sum()), dtype=dtype)
+    table = np.full(0x110000, vocab.unk_id, dtype=dtype)  # code point -> id, over all of Unicode
+    table[np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)] = np.arange(
+        len(vocab.chars), dtype=dtype
+    )
+    ids = np.empty(total, dtype=dtype)
     at = 0
     for codepoints in _decoded_slices(path):
-        ids[at : at + len(codepoints)] = vocab.encode_codepoints(codepoints)
+        ids[at : at + len(codepoints)] = table[codepoints]
         at += len(codepoints)
+    return vocab, ids
+
+
+def ids_cache_path(path: Path, digest: str) -> Path:
+    """Where the encoded ids of the corpus with this sha256 are cached: beside the corpus."""
+    return path.with_name(f"{path.name}.{digest[:16]}.ids.npz")
+
+
+def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as saved:
+            if int(saved["format"]) != IDS_CACHE_FORMAT:
+                return None
+            chars = saved["chars"].astype(np.uint32).tobytes().decode("utf-32-le")
+            return Vocab(chars), saved["ids"]
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, CharRNNError) as err:
+        log.warning("ignoring the unreadable ids cache %s (%s); encoding again", cache, err)
+        return None
+
+
+def _save_ids(path: Path, digest: str, vocab: Vocab, ids: np.ndarray) -> None:
+    """Writes the cache atomically; a read-only corpus directory only costs the speed-up."""
+    cache, tmp = ids_cache_path(path, digest), None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".part")
+        chars = np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, format=IDS_CACHE_FORMAT, chars=chars, ids=ids)
+        os.replace(tmp, cache)
+        tmp = None
+        stale = re.compile(re.escape(path.name) + r"\.[0-9a-f]{16}\.ids\.npz")
+        for old in cache.parent.iterdir():
+            if old != cache and stale.fullmatch(old.name):
+                old.unlink(missing_ok=True)  # the ids of an older version of this corpus
+        log.info("cached the encoded corpus in %s", cache)
+    except OSError as err:
+        log.info("not caching the encoded corpus beside it (%s); it is encoded again next run", err)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def encode_file(
+    path: Path, vocab: Vocab | None = None, cache: bool = True
+) -> tuple[Vocab, np.ndarray]:
+    """The corpus as a vocabulary and ids, in the narrowest unsigned type that holds the ids.
+
+    With `cache` (and no given vocabulary), a corpus of CACHE_MIN_BYTES or more is encoded once: the
+    ids are kept beside it keyed by its sha256, so a later run only reads them back.
+    """
+    path = Path(path)
+    if vocab is not None or not cache or path.stat().st_size < CACHE_MIN_BYTES:
+        return _encode(path, vocab)
+    digest = sha256_file(path)
+    cached = _load_ids(ids_cache_path(path, digest))
+    if cached is not None:
+        return cached
+    vocab, ids = _encode(path, None)
+    _save_ids(path, digest, vocab, ids)
     return vocab, ids

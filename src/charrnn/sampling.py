@@ -34,8 +34,10 @@ def check_options(vocab: Vocab, prompt: str, length: int, temperature: float, to
         )
     if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
         raise CharRNNError(f"length must be a whole number of characters > 0, got {length!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        0 <= temperature < math.inf
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not (0 <= temperature < math.inf)
     ):
         raise CharRNNError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= vocab.unk_id:
@@ -117,8 +119,9 @@ class StepGenerator(nn.Module):
             gates = hh.add_(x)  # i f g o
             act = torch.sigmoid(gates)
             g = torch.tanh(gates[:, 2 * size : 3 * size])
-            c = torch.addcmul(act[:, size : 2 * size] * state[self.num_layers + layer],
-                              act[:, :size], g)
+            c = torch.addcmul(
+                act[:, size : 2 * size] * state[self.num_layers + layer], act[:, :size], g
+            )
             h = act[:, 3 * size :] * torch.tanh(c)
             state[self.num_layers + layer] = c
         else:  # r z n
@@ -158,7 +161,12 @@ class StepGenerator(nn.Module):
 
     @torch.jit.export
     def sample(
-        self, state: list[Tensor], pending: Tensor, steps: int, temperature: float, top_k: int,
+        self,
+        state: list[Tensor],
+        pending: Tensor,
+        steps: int,
+        temperature: float,
+        top_k: int,
         generators: list[torch.Generator],
     ) -> tuple[Tensor, list[Tensor]]:
         """`steps` more characters for every row: ids [B, steps] and the state after them.
@@ -204,7 +212,8 @@ class StepGenerator(nn.Module):
                 width += 1
             if width > 4:
                 raise ValueError(
-                    "prompt has a character this model never saw, at byte " + str(at)
+                    "prompt has a character this model never saw, at byte "
+                    + str(at)
                     + "; remove or replace it"
                 )
             ids.append(self.index[prompt[at : at + width]])
@@ -219,8 +228,13 @@ class StepGenerator(nn.Module):
         return ["".join([self.chars[i] for i in row]) for row in rows]
 
     def forward(
-        self, prompt: str, length: int = 1000, temperature: float = 1.0, top_k: int = 0,
-        num_samples: int = 1, seed: int = 0,
+        self,
+        prompt: str,
+        length: int = 1000,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        num_samples: int = 1,
+        seed: int = 0,
     ) -> list[str]:
         """`num_samples` continuations of `prompt` (prompt not included), reproducible by seed."""
         if length <= 0 or temperature < 0 or top_k < 0 or top_k > len(self.chars):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import logging.config
 import math
 import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -89,6 +91,23 @@ def _flat_params(cfg: DictConfig) -> dict:
     return flat
 
 
+def keep_freed_memory() -> None:
+    """Has glibc keep freed memory for the next step instead of handing it back to the OS.
+
+    By default glibc maps every allocation over 32 MB afresh and unmaps it when freed, so each CPU
+    training step page-faults its activations in again: ~80,000 faults, a quarter of a GRU-1024
+    step. The price: the process holds on to its peak memory until it exits.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GB from the reusable heap
+    libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD (a C int): do not shrink the heap back
+
+
 def build(
     cfg: DictConfig, overrides: list[str] | None = None
 ) -> tuple[CharDataModule, CharLM, L.Trainer]:
@@ -99,6 +118,7 @@ def build(
     validate_train(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: CharDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
