@@ -98,7 +98,7 @@ def test_export_errors_leave_the_old_file_alone(trained_run, tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00" * 100)
     for settings, needle in [
-        ({"ckpt": str(bad), "out": str(out)}, "truncated or corrupt"),
+        ({"ckpt": str(bad), "out": str(out)}, "is not a PyTorch checkpoint"),
         ({"ckpt": "last", "out": str(tmp_path / "generator.pt2")}, "ending in .pt"),
         ({"ckpt": str(tmp_path / "none.ckpt"), "out": str(out)}, "does not exist"),
     ]:

@@ -100,10 +100,10 @@ def _damage(kind: str, good: Path, path: Path) -> None:
 @pytest.mark.parametrize(
     "kind,needle",
     [
-        ("truncated", "truncated or corrupt"),
-        ("empty", "truncated or corrupt"),
-        ("text", "truncated or corrupt"),
-        ("pickled object", "pickled Python objects"),
+        ("truncated", "is truncated or damaged"),
+        ("empty", "is an empty file"),
+        ("text", "is not a PyTorch checkpoint"),
+        ("pickled object", "contains a pickled Python object"),
         ("not charrnn", "not a charrnn checkpoint"),
         ("wrong shapes", "size mismatch for rnn.weight_hh_l0"),
     ],
@@ -165,7 +165,7 @@ def test_cli_batch_prints_each_sample_under_a_header(trained_run):
         (["temperature=-1"], "temperature"),
         (["prompt='Zebra€'"], "'€'"),
         (["ckpt=missing.ckpt"], "missing.ckpt does not exist"),
-        (["ckpt=corpus.txt"], "truncated or corrupt"),
+        (["ckpt=corpus.txt"], "is not a PyTorch checkpoint"),
     ],
 )
 def test_cli_bad_input_exits_1_with_one_line(trained_run, args, needle):
