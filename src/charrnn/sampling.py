@@ -183,9 +183,12 @@ class StepGenerator(nn.Module):
                 u = torch.rand([steps, rows, known], generator=generators[0])
             else:
                 u = torch.stack([torch.rand([steps, known], generator=g) for g in generators], 1)
-            flat = u.view(-1)  # Gumbel noise -log(-log(u)), in pieces the log runs serially:
-            for at in range(0, flat.numel(), self.serial_log):  # (waking threads costs more)
-                flat[at : at + self.serial_log].log_().neg_().log_().neg_()
+            flat = u.view(-1)  # Gumbel noise -log(-log(u))
+            if flat.numel() <= 16 * self.serial_log:  # small: in pieces the log runs serially,
+                for at in range(0, flat.numel(), self.serial_log):  # waking threads costs more
+                    flat[at : at + self.serial_log].log_().neg_().log_().neg_()
+            else:
+                flat.log_().neg_().log_().neg_()
             noise = u.mul_(temperature).to(self.head_b.device)
         ids = pending
         out: list[Tensor] = []
