@@ -1,16 +1,19 @@
 """The one stateful sampler: shared by the training callback, the generate CLI and the export.
 
-Generating a character needs, per layer, only the recurrent product h @ W_hh^T: the input side of
-layer 0 is a lookup in a table of every vocabulary entry's projection (Embedding @ W_ih^T + b_ih),
-and the sampling is a Gumbel-max argmax over noise drawn once per chunk of steps. The whole step
-loop is TorchScript (`StepGenerator`), so a step costs a few C++ op calls, not Python, and the very
-same scripted code is what `charrnn.export` saves: generate.py and the exported file agree exactly.
+A generation step reads each weight matrix once, with one matrix product per layer: the input
+side of layer 0 is a row of a table holding every vocabulary entry's projection
+(Embedding @ W_ih^T + b_ih), and each new hidden state is multiplied in one product by everything
+that reads it (its own next recurrent step, and the layer above or the output head). Sampling is
+a Gumbel-max argmax over noise drawn once per chunk of steps. The step loop is TorchScript
+(`StepGenerator`): a step costs a few C++ op calls, no Python, and the very same scripted code
+is what `charrnn.export` saves, so generate.py and the exported file agree exactly.
 """
 
 import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
@@ -50,10 +53,11 @@ def check_options(vocab: Vocab, prompt: str, length: int, temperature: float, to
 class StepGenerator(nn.Module):
     """A CharRNN's weights laid out for generation, and the scripted generation loop.
 
-    Built from a trained CharRNN (eval semantics: no dropout). Holds everything `forward` needs
-    to go from a prompt string to text, vocabulary included, so a saved TorchScript copy runs in
-    a process that has only torch. Rows of a batch share every weight read: a step is one
-    [batch, H] x [H, gates] product per layer, whatever the batch.
+    Built from a trained CharRNN (eval semantics: no dropout). Every new hidden state is
+    multiplied once, by everything that reads it: layer l's h goes through one product with
+    [W_hh_l | W_ih_l+1] (the top layer's with [W_hh | head]), giving its own recurrent part for
+    the next step and the next layer's input (or the logits) now. Rows of a batch share every
+    weight read. It holds the vocabulary too, so a saved TorchScript copy runs with only torch.
     """
 
     lstm: bool
@@ -61,13 +65,13 @@ class StepGenerator(nn.Module):
     serial_log: int
     num_layers: int
     hidden_size: int
+    gates: int
+    known: int
     chunk: int
     chars: list[str]
     index: dict[str, int]
-    w_hh: list[Tensor]
-    b_hh: list[Tensor]
-    w_ih: list[Tensor]
-    b_ih: list[Tensor]
+    reads: list[Tensor]
+    read_bias: list[Tensor]
 
     def __init__(self, net: nn.Module, chars: str, split_min: int = SPLIT_MIN):
         super().__init__()
@@ -76,87 +80,84 @@ class StepGenerator(nn.Module):
         self.lstm = isinstance(rnn, nn.LSTM)
         self.num_layers = rnn.num_layers
         self.hidden_size = rnn.hidden_size
+        self.gates = (4 if self.lstm else 3) * self.hidden_size
+        self.known = len(chars)  # the unknown id (= known) gets no logit, so it is never drawn
         self.chunk = CHUNK
         self.chars = list(chars)
         self.index = {c: i for i, c in enumerate(chars)}
-        known = len(chars)  # the unknown id (= known) gets no output column, so it is never drawn
         with torch.no_grad():
             weight = lambda name: getattr(rnn, name).detach().float()  # noqa: E731
             emb = net.embedding.weight.detach().float()
             # layer 0's input projection of every vocabulary entry: a step's input is a row lookup
             self.table = torch.addmm(weight("bias_ih_l0"), emb, weight("weight_ih_l0").t())
-            self.w_hh = []
-            self.b_hh = []
-            self.w_ih = []  # layers 1.. (layer 0 is the table)
-            self.b_ih = []
+            self.reads, self.read_bias = [], []
             for layer in range(self.num_layers):
-                # transposed and contiguous: h [B, H] @ W [H, G] streams W once for all B rows
-                self.w_hh.append(weight(f"weight_hh_l{layer}").t().contiguous())
-                self.b_hh.append(weight(f"bias_hh_l{layer}").clone())
-                if layer > 0:
-                    self.w_ih.append(weight(f"weight_ih_l{layer}").t().contiguous())
-                    self.b_ih.append(weight(f"bias_ih_l{layer}").clone())
-            self.head_w = head.weight.detach().float()[:known].t().contiguous()
-            self.head_b = head.bias.detach().float()[:known].clone()
+                if layer + 1 < self.num_layers:  # what this layer's h feeds besides itself
+                    w_out = weight(f"weight_ih_l{layer + 1}")
+                    b_out = weight(f"bias_ih_l{layer + 1}")
+                else:
+                    w_out = head.weight.detach().float()[: self.known]
+                    b_out = head.bias.detach().float()[: self.known]
+                w = torch.cat([weight(f"weight_hh_l{layer}"), w_out])  # [G + out, H]
+                b = torch.cat([weight(f"bias_hh_l{layer}"), b_out])
+                if w.shape[0] % 2:  # an even width lets several rows split it in halves
+                    w, b = F.pad(w, (0, 0, 0, 1)), F.pad(b, (0, 1))
+                # transposed and contiguous: h [B, H] @ W [H, G + out] streams W once for all rows
+                self.reads.append(w.t().contiguous())
+                self.read_bias.append(b)
 
     def _product(self, bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """bias + x [B, K] @ w [K, G]. One row: MKL's matrix-vector product. Several rows and a
+        """bias + x [B, K] @ w [K, N]. One row: MKL's matrix-vector product. Several rows and a
         big w: the two column halves of w as one batched product, a thread each; MKL's own
         threading of a few-row product costs almost as much per row as a single row does."""
-        rows, (k, g) = x.shape[0], w.shape
-        if rows == 1 or g % 2 == 1 or w.numel() < self.split_min:
+        rows, (k, n) = x.shape[0], w.shape
+        if rows == 1 or w.numel() < self.split_min:
             return torch.addmm(bias, x, w)
-        halves = w.view(k, 2, g // 2).transpose(0, 1)  # [2, K, G/2]: a view, nothing copied
-        out = torch.baddbmm(bias.view(2, 1, g // 2), x.expand(2, rows, k), halves)
-        return out.transpose(0, 1).reshape(rows, g)
+        halves = w.view(k, 2, n // 2).transpose(0, 1)  # [2, K, N/2]: a view, nothing copied
+        out = torch.baddbmm(bias.view(2, 1, n // 2), x.expand(2, rows, k), halves)
+        return out.transpose(0, 1).reshape(rows, n)
 
     def _cell(self, layer: int, x: Tensor, state: list[Tensor]) -> Tensor:
-        """One step of one layer from its input projection x [B, G]; updates state in place."""
-        size = self.hidden_size
+        """One step of one layer from its input projection x [B, G]: updates its h (and c) and
+        recurrent part in `state`; returns what its h feeds (next layer's input, or logits)."""
+        size, layers = self.hidden_size, self.num_layers
         h = state[layer]
-        hh = self._product(self.b_hh[layer], h, self.w_hh[layer])
+        slot = (2 if self.lstm else 1) * layers + layer  # hh = h @ W_hh + b_hh, from last step
+        hh = state[slot]
         if self.lstm:
-            gates = hh.add_(x)  # i f g o
+            gates = hh + x  # i f g o
             act = torch.sigmoid(gates)
             g = torch.tanh(gates[:, 2 * size : 3 * size])
-            c = torch.addcmul(
-                act[:, size : 2 * size] * state[self.num_layers + layer], act[:, :size], g
-            )
+            c = torch.addcmul(act[:, size : 2 * size] * state[layers + layer], act[:, :size], g)
             h = act[:, 3 * size :] * torch.tanh(c)
-            state[self.num_layers + layer] = c
+            state[layers + layer] = c
         else:  # r z n
             rz = torch.sigmoid(x[:, : 2 * size] + hh[:, : 2 * size])
             n = torch.tanh(torch.addcmul(x[:, 2 * size :], rz[:, :size], hh[:, 2 * size :]))
             h = torch.lerp(n, h, rz[:, size:])  # (1 - z) * n + z * h
         state[layer] = h
-        return h
+        out = self._product(self.read_bias[layer], h, self.reads[layer])
+        state[slot] = out[:, : self.gates]
+        return out[:, self.gates :]
 
     def _logits(self, ids: Tensor, state: list[Tensor]) -> Tensor:
         """Feeds ids [B] through every layer; logits [B, known chars] of the next character."""
-        h = self._cell(0, self.table.index_select(0, ids), state)
-        for layer in range(1, self.num_layers):
-            x = self._product(self.b_ih[layer - 1], h, self.w_ih[layer - 1])
-            h = self._cell(layer, x, state)
-        return torch.addmm(self.head_b, h, self.head_w)
+        x = self.table.index_select(0, ids)
+        for layer in range(self.num_layers):
+            x = self._cell(layer, x, state)
+        return x[:, : self.known]
 
     @torch.jit.export
     def start(self, ids: Tensor, num_samples: int) -> tuple[list[Tensor], Tensor]:
-        """Runs the prompt ids [T] but its last through the network as one sequence, layer by
-        layer (layers above 0 get their input projection for the whole prompt in one product);
-        returns the state for `num_samples` rows and the last prompt id, still to be fed."""
+        """Feeds the prompt ids [T] but the last through the network once, in order, carrying
+        the state; returns that state for `num_samples` rows and the last id, still to be fed."""
         zeros = torch.zeros(1, self.hidden_size, device=self.table.device)
         state: list[Tensor] = [zeros for _ in range(self.num_layers * (2 if self.lstm else 1))]
-        seen = ids[:-1]
-        if seen.numel() > 0:
-            xs = self.table.index_select(0, seen)
-            for layer in range(self.num_layers):
-                if layer > 0:
-                    xs = torch.addmm(self.b_ih[layer - 1], xs, self.w_ih[layer - 1])
-                outs: list[Tensor] = []
-                for t in range(seen.numel()):
-                    outs.append(self._cell(layer, xs[t : t + 1], state))
-                xs = torch.cat(outs, 0)
-        state = [s.expand(num_samples, self.hidden_size).contiguous() for s in state]
+        for bias in self.read_bias:  # h = 0, so h @ W_hh + b_hh = b_hh
+            state.append(bias[None, : self.gates])
+        for t in range(ids.numel() - 1):
+            self._logits(ids[t : t + 1], state)
+        state = [s.expand(num_samples, s.shape[1]).contiguous() for s in state]
         return state, ids[-1:].expand(num_samples).contiguous()
 
     @torch.jit.export
@@ -175,8 +176,7 @@ class StepGenerator(nn.Module):
         draws from softmax(logits / T); the noise for the chunk comes from one generator, or one
         generator per row (then a row's text does not depend on the other rows).
         """
-        rows = pending.shape[0]
-        known = self.head_b.shape[0]
+        rows, known = pending.shape[0], self.known
         noise = torch.zeros(0)
         if temperature > 0:
             if len(generators) == 1:
@@ -189,7 +189,7 @@ class StepGenerator(nn.Module):
                     flat[at : at + self.serial_log].log_().neg_().log_().neg_()
             else:
                 flat.log_().neg_().log_().neg_()
-            noise = u.mul_(temperature).to(self.head_b.device)
+            noise = u.mul_(temperature).to(self.table.device)
         ids = pending
         out: list[Tensor] = []
         for t in range(steps):
