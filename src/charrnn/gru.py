@@ -1,11 +1,13 @@
 """A GRU layer built around large matrix products, for CPU training speed.
 
 `nn.GRU` on CPU runs each time step's recurrent product forward and then lets autograd replay the
-sequence step by step, accumulating the recurrent weight gradient as one small product per step.
-Here only the per-step recurrent products stay per step; the input projection, its gradients and the
-recurrent weight gradient are each one sequence-long product, and backward is written by hand.
+sequence step by step, with a small weight-gradient product and a dozen small ops per step. Here:
+- the recurrent weight gradient is one sequence-long product, and backward is written by hand: every
+  gate gradient is the incoming gradient times a coefficient saved by the forward pass;
+- the per-step products use MKL's packed GEMM, which packs the weight once per sequence;
+- after an embedding, the input projection is a lookup in the projected embedding table.
 Same parameters, initialisation, equations and state-dict keys as `nn.GRU` (checkpoints move
-between the two); on CUDA it defers to `nn.GRU` (cuDNN).
+between the two); short sequences (sampling) and CUDA tensors take `nn.GRU`'s own path.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def row_product(weight: torch.Tensor, rows: int, calls: int):
 class GRURecurrence(torch.autograd.Function):
     """The recurrent half of one GRU layer over a whole sequence, time-major.
 
-    Inputs: gi [T, B, 3H] (input projections, bias included), h0 [B, H], w_hh [3H, H], b_hh [3H].
-    Output: the hidden states h_1..h_T as [T, B, H].
+    Inputs: gi [T, B, 3H] (input projections, bias included), h0 [B, H], w_hh [3H, H], b_hh [3H],
+    and whether grad mode is on. Output: the hidden states h_1..h_T as [T, B, H].
 
     Every gate gradient is the gradient reaching h_t times a coefficient that the forward pass
     already knows, so forward stores those coefficients (computed while r, z, n are in cache) and
@@ -47,10 +49,10 @@ class GRURecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, gi, h0, w_hh, b_hh):
+    def forward(ctx, gi, h0, w_hh, b_hh, grad_enabled: bool):
         steps, batch, three_h = gi.shape
         size = three_h // 3
-        train = any(ctx.needs_input_grad)
+        train = grad_enabled and any(ctx.needs_input_grad)  # needs_input_grad ignores no_grad()
         states = gi.new_empty(steps + 1, batch, size)  # h_0..h_T: every h_{t-1} is states[:-1]
         states[0] = h0
         if train:
@@ -101,7 +103,7 @@ class GRURecurrence(torch.autograd.Function):
             grad_b_hh = flat_gh.sum(0)
         if ctx.needs_input_grad[0]:
             grad_gi = torch.cat([grad_gh[:, :, :2].flatten(2), grad_gi_n], dim=-1)
-        return grad_gi, carry, grad_w_hh, grad_b_hh
+        return grad_gi, carry, grad_w_hh, grad_b_hh, None
 
 
 class FusedGRU(nn.GRU):
@@ -146,7 +148,7 @@ class FusedGRU(nn.GRU):
                 )
                 gi = F.linear(x, w_ih, b_ih)
             w_hh, b_hh = getattr(self, f"weight_hh_l{layer}"), getattr(self, f"bias_hh_l{layer}")
-            x = GRURecurrence.apply(gi, hx[layer], w_hh, b_hh)
+            x = GRURecurrence.apply(gi, hx[layer], w_hh, b_hh, torch.is_grad_enabled())
             finals.append(x[-1])
         out = x.transpose(0, 1) if self.batch_first else x
         return out, torch.stack(finals)
