@@ -158,25 +158,6 @@ def machine_section(plan: Plan, smoke: bool) -> dict:
 # ------------------------------------------------------------------------------------------ train
 
 
-def compose_train(run_dir: Path, overrides: list[str]):
-    """The real train config, as @hydra.main would hand it to a run in run_dir."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True
-        )
-    OmegaConf.set_readonly(cfg.hydra, False)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def train_flops(cell: str, plan: Plan, vocab_size: int) -> float:
     """Matmul FLOPs of one training step: forward, plus twice that for the backward pass."""
     gates = 3 if cell == "gru" else 4
@@ -196,6 +177,7 @@ def lightning_paired(overrides: list[str], plan: Plan, run_dir: Path, loop: Hand
     """
     import lightning as L
 
+    from charrnn.config import compose_train
     from charrnn.training import build
 
     # validation is off here, so the checkpoint callback cannot find val/loss: expected, not news
@@ -217,7 +199,7 @@ def lightning_paired(overrides: list[str], plan: Plan, run_dir: Path, loop: Hand
         "trainer.num_sanity_val_steps=0",
         "++trainer.limit_val_batches=0",
     ]
-    datamodule, module, trainer = build(compose_train(run_dir, [*overrides, *settings]))
+    datamodule, module, trainer = build(compose_train(run_dir, *overrides, *settings))
     pairs = Alternate()
     trainer.callbacks.append(pairs)
     trainer.fit(module, datamodule=datamodule)

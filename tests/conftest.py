@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+
+from charrnn.config import compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -44,17 +43,7 @@ def corpus(tmp_path: Path) -> Path:
 
 def train_config(run_dir: Path, *overrides: str):
     """The real train config composed with `overrides`, as Hydra would give it to a run in run_dir."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True
-        )
-    OmegaConf.set_readonly(cfg.hydra, False)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # a run sees its config without the hydra node, as under @hydra.main
-    return cfg
+    return compose_train(run_dir, *overrides)
 
 
 TINY = ("size=tiny", "data.seq_length=20", "data.batch_size=16", "data.val_streams=4")

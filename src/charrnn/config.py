@@ -123,3 +123,26 @@ def validate_train(cfg: DictConfig) -> None:
     for key in ("ckpt_path", "resume"):
         value = cfg.get(key)
         _require(value is None or isinstance(value, str), key, value, "use a path (or null)")
+
+
+def compose_train(run_dir, *overrides: str) -> DictConfig:
+    """The real train config composed from conf/ with `overrides`, as @hydra.main would hand it to
+    a run whose output dir is `run_dir` (for tests and the benchmark, which build runs in-process)."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True
+        )
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # a run sees its config without the hydra node, as under @hydra.main
+    return cfg
