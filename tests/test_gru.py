@@ -174,3 +174,16 @@ def test_adam_steps_follow_the_nn_gru_model():
             curve.append(loss.item())
     assert losses[0][-1] < losses[0][0]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_mixed_precision_autocast_takes_the_nn_gru_path():
+    torch.manual_seed(0)
+    auto, plain = CharRNN(20, "gru", 8, 16, impl="auto"), CharRNN(20, "gru", 8, 16, impl="torch")
+    plain.load_state_dict(auto.state_dict())
+    ids = torch.randint(20, (4, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (logits_a, _), (logits_p, _) = auto(ids), plain(ids)
+    assert logits_a.dtype == torch.bfloat16
+    torch.testing.assert_close(logits_a, logits_p)
+    logits_a.float().sum().backward()
+    assert auto.rnn.weight_hh_l0.grad is not None

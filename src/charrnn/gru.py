@@ -116,8 +116,8 @@ class FusedGRU(nn.GRU):
 
     def forward(self, input, hx=None):  # noqa: A002 - nn.GRU's signature
         steps = input.shape[1 if self.batch_first else 0] if input.dim() == 3 else 0
-        if input.is_cuda or steps < MIN_STEPS:
-            return super().forward(input, hx)
+        if input.is_cuda or steps < MIN_STEPS or torch.is_autocast_enabled(input.device.type):
+            return super().forward(input, hx)  # nn.GRU knows autocast's casting rules
         x = input.transpose(0, 1) if self.batch_first else input  # time-major
         return self._layers(F.linear(x, self.weight_ih_l0, self.bias_ih_l0), hx)
 
@@ -128,7 +128,8 @@ class FusedGRU(nn.GRU):
         embeddings: a gather forward and a scatter-add backward replace three sequence-long
         products. Worth it only when there are more positions than vocabulary rows.
         """
-        if ids.is_cuda or ids.dim() != 2 or ids.numel() <= embedding.shape[0]:
+        small = ids.dim() != 2 or ids.numel() <= embedding.shape[0]
+        if ids.is_cuda or small or torch.is_autocast_enabled(ids.device.type):
             return self.forward(F.embedding(ids, embedding), hx)
         table = F.linear(embedding, self.weight_ih_l0, self.bias_ih_l0)
         return self._layers(F.embedding(ids.t() if self.batch_first else ids, table), hx)
