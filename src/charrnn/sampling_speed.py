@@ -91,7 +91,10 @@ def main() -> None:
     parser.add_argument("--num-layers", type=int, default=1)
     parser.add_argument("--length", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     speeds = measure_generation(
         args.cell,
         args.embedding_dim,
@@ -102,8 +105,9 @@ def main() -> None:
     )
     median = {name: statistics.median(values) for name, values in speeds.items()}
     print(
-        f"{args.cell} {args.rnn_units}, {args.length} chars, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; chars/s median [min-max] of {args.repeats}"
+        f"{args.cell} {args.num_layers}x{args.rnn_units}, embedding {args.embedding_dim}, "
+        f"{args.length} chars, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"chars/s median [min-max] of {args.repeats} interleaved repeats"
     )
     for name, values in speeds.items():
         print(f"  {name:12s} {median[name]:9,.0f}  [{min(values):,.0f}-{max(values):,.0f}]")
