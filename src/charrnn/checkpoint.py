@@ -12,7 +12,7 @@ from pathlib import Path
 
 from charrnn.errors import CharRNNError
 from charrnn.net import CharRNN
-from charrnn.resume import read_checkpoint
+from charrnn.resume import read_checkpoint, run_checkpoint_dirs
 from charrnn.vocab import Vocab
 
 ALIASES = ("last", "best")
@@ -27,12 +27,6 @@ class Trained:
     vocab: Vocab
     hparams: dict
     path: Path
-
-
-def run_checkpoint_dirs(runs_dir: Path) -> list[Path]:
-    """Checkpoint folders of single runs (runs/<time>/) and sweep jobs (multirun/<time>/<job>/)."""
-    folders = [*runs_dir.glob("runs/*/checkpoints"), *runs_dir.glob("multirun/*/*/checkpoints")]
-    return [d for d in folders if d.is_dir() and any(d.glob("*.ckpt"))]
 
 
 def _best_in(folder: Path) -> Path | None:

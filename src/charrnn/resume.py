@@ -146,12 +146,15 @@ def _quoted(value) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def run_checkpoint_dirs(outputs: Path) -> list[Path]:
+    """Checkpoint folders of single runs (runs/<time>/) and sweep jobs (multirun/<time>/<job>/)."""
+    folders = [*outputs.glob("runs/*/checkpoints"), *outputs.glob("multirun/*/*/checkpoints")]
+    return [d for d in folders if d.is_dir() and any(d.glob("*.ckpt"))]
+
+
 def newest_last_checkpoint(outputs: Path = OUTPUTS) -> Path:
     """The most recently written last.ckpt of any run or sweep job under `outputs`."""
-    found = [
-        *outputs.glob(f"runs/*/checkpoints/{LAST}"),
-        *outputs.glob(f"multirun/*/*/checkpoints/{LAST}"),
-    ]
+    found = [d / LAST for d in run_checkpoint_dirs(outputs) if (d / LAST).is_file()]
     if not found:
         raise CharRNNError(
             f"resume=last: no run under {outputs.absolute()} has checkpoints/{LAST}; train first, "
