@@ -1,12 +1,9 @@
 """Export a checkpoint as one TorchScript file: `python src/export.py ckpt=last out=gen.pt`."""
 
-import os
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, exit_with
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
@@ -16,11 +13,7 @@ def main(cfg: DictConfig) -> None:
     try:
         export(cfg)
     except CharRNNError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.stdout.flush()
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        exit_with(err)
 
 
 if __name__ == "__main__":

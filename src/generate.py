@@ -6,7 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, exit_with
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
@@ -16,11 +16,7 @@ def main(cfg: DictConfig) -> None:
     try:
         generate(cfg)
     except CharRNNError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.stdout.flush()
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        exit_with(err)
     except BrokenPipeError:  # `... | head`: the reader has gone, stop quietly
         sys.stderr.close()
         os._exit(0)

@@ -1,4 +1,8 @@
-"""Train a character-level RNN: `python src/train.py [group=option] [key=value] ...` (Hydra)."""
+"""Train a character-level RNN: `python src/train.py [group=option] [key=value] ...` (Hydra).
+
+`resume=last` (or a run dir, or its last.ckpt) continues a run in its own dir: it is turned into
+that run's overrides + ckpt_path + hydra.run.dir before Hydra starts (charrnn.resume.resume_argv).
+"""
 
 import logging
 import os
@@ -7,24 +11,71 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from charrnn.config import validate_train
 from charrnn.errors import CharRNNError
+from charrnn.results import describe_error, is_rank_zero, update_result
+
+log = logging.getLogger("charrnn")
+
+
+def _fail(err: CharRNNError, printer) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    printer(f"error: {err}")
+    sys.exit(1)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> float:
+    validate_train(cfg)  # a bad value fails here, before torch and Lightning are imported
+    if cfg.get("ckpt_path"):  # and a bad checkpoint file before Lightning is
+        from charrnn.resume import read_checkpoint
+
+        read_checkpoint(cfg.ckpt_path, mmap=True)
+    from charrnn.safety import TrainingStopped
+    from charrnn.training import train
+
+    try:
+        return train(cfg, run_dir, list(HydraConfig.get().overrides.task))
+    except TrainingStopped as stop:
+        resume = f"; continue with: python src/train.py resume={run_dir}" if stop.saved else ""
+        log.warning("%s%s", stop, resume)
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:  # Ctrl-C before training started: there is nothing to save yet
+        log.warning("interrupted before training started; nothing was saved")
+        sys.exit(130)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    from charrnn.training import train
-
+def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        return train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
-    except CharRNNError as err:
+        return _train(cfg, run_dir)
+    except Exception as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        logging.getLogger("charrnn").error("error: %s", err)
-        sys.exit(1)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # Hydra ends a whole sweep at its first failed job; a sweep records it and goes on.
+            # No value: the Optuna sweeper marks the trial failed, the summary shows the error.
+            unexpected = not isinstance(err, CharRNNError)  # its traceback goes to the job's log
+            log.error("job failed: %s", describe_error(err), exc_info=unexpected)
+            if is_rank_zero():
+                update_result(run_dir, status="failed", error=describe_error(err))
+            return None
+        if not isinstance(err, CharRNNError):
+            raise
+        _fail(err, log.error)
 
 
 if __name__ == "__main__":
+    if any(arg.startswith("resume=") for arg in sys.argv[1:]):
+        from charrnn.resume import resume_argv
+
+        try:
+            sys.argv = resume_argv(sys.argv)
+        except CharRNNError as err:
+            _fail(err, lambda line: print(line, file=sys.stderr))
     main()

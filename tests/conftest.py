@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+
+from charrnn.config import compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -44,27 +43,22 @@ def corpus(tmp_path: Path) -> Path:
 
 def train_config(run_dir: Path, *overrides: str):
     """The real train config composed with `overrides`, as Hydra would give it to a run in run_dir."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True
-        )
-    OmegaConf.set_readonly(cfg.hydra, False)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # a run sees its config without the hydra node, as under @hydra.main
-    return cfg
+    return compose_train(run_dir, *overrides)
 
 
 TINY = ("size=tiny", "data.seq_length=20", "data.batch_size=16", "data.val_streams=4")
 
 
-def run_cli(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, *args: str, cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Runs one of the real entry points (src/<script>) in a subprocess."""
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -78,8 +72,12 @@ def trained_run(tmp_path_factory) -> Path:
     corpus.write_text(make_text(40_000), encoding="utf-8")
     run_dir = root / "outputs" / "runs" / "2000-01-01_00-00-00-000000"
     cfg = train_config(
-        run_dir, *TINY, f"data.path={corpus}", "trainer.max_epochs=1",
-        "~callbacks.progress_bar", "~callbacks.model_summary",
+        run_dir,
+        *TINY,
+        f"data.path={corpus}",
+        "trainer.max_epochs=1",
+        "~callbacks.progress_bar",
+        "~callbacks.model_summary",
     )
     train(cfg, run_dir)
     return root

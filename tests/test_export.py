@@ -15,7 +15,7 @@ from charrnn.sampling import Sampler, seed_generator
 
 # Runs in `python -I` (no user site, no cwd on the path) with charrnn hidden even from the
 # editable install, so only torch is there. The part after the marker is the README's snippet.
-ISOLATED = r'''
+ISOLATED = r"""
 import json, sys
 
 class HideCharrnn:
@@ -54,7 +54,7 @@ print(json.dumps({
     "texts": texts, "streamed": streamed, "vocab": "".join(gen.chars), "unknown": unknown,
     "cases": [gen(*case) for case in cases],
 }))
-'''
+"""
 
 CASES = [("JULIET:", 50, 1.0, 5, 3, 2), ("ROMEO:", 60, 0.0, 0, 2, 0), ("A", 40, 1.7, 0, 1, 99)]
 
@@ -71,7 +71,10 @@ def test_exported_file_generates_what_generate_py_generates(trained_run, tmp_pat
 
     isolated = subprocess.run(
         [sys.executable, "-I", "-c", ISOLATED, str(out), json.dumps(CASES)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert isolated.returncode == 0, isolated.stderr
     got = json.loads(isolated.stdout)
@@ -95,7 +98,7 @@ def test_export_errors_leave_the_old_file_alone(trained_run, tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00" * 100)
     for settings, needle in [
-        ({"ckpt": str(bad), "out": str(out)}, "truncated or corrupt"),
+        ({"ckpt": str(bad), "out": str(out)}, "is not a PyTorch checkpoint"),
         ({"ckpt": "last", "out": str(tmp_path / "generator.pt2")}, "ending in .pt"),
         ({"ckpt": str(tmp_path / "none.ckpt"), "out": str(out)}, "does not exist"),
     ]:

@@ -100,10 +100,10 @@ def _damage(kind: str, good: Path, path: Path) -> None:
 @pytest.mark.parametrize(
     "kind,needle",
     [
-        ("truncated", "truncated or corrupt"),
-        ("empty", "truncated or corrupt"),
-        ("text", "truncated or corrupt"),
-        ("pickled object", "pickled Python objects"),
+        ("truncated", "is truncated or damaged"),
+        ("empty", "is an empty file"),
+        ("text", "is not a PyTorch checkpoint"),
+        ("pickled object", "contains a pickled Python object"),
         ("not charrnn", "not a charrnn checkpoint"),
         ("wrong shapes", "size mismatch for rnn.weight_hh_l0"),
     ],
@@ -121,7 +121,12 @@ def test_bad_checkpoints_give_one_line_errors(trained_run, tmp_path, kind, needl
 def test_cli_streams_one_sample_and_writes_out(trained_run, tmp_path):
     out = tmp_path / "samples" / "one.txt"
     result = run_cli(
-        "generate.py", "ckpt=last", "length=80", "seed=3", "temperature=0.8", f"out={out}",
+        "generate.py",
+        "ckpt=last",
+        "length=80",
+        "seed=3",
+        "temperature=0.8",
+        f"out={out}",
         cwd=trained_run,
     )
     assert result.returncode == 0, result.stderr
@@ -136,8 +141,15 @@ def test_cli_streams_one_sample_and_writes_out(trained_run, tmp_path):
 
 def test_cli_batch_prints_each_sample_under_a_header(trained_run):
     result = run_cli(
-        "generate.py", "ckpt=best", "length=40", "num_samples=3", "top_k=4",
-        "prompt='ROMEO€:'", "unknown_chars=replace", "replace_with=' '", cwd=trained_run,
+        "generate.py",
+        "ckpt=best",
+        "length=40",
+        "num_samples=3",
+        "top_k=4",
+        "prompt='ROMEO€:'",
+        "unknown_chars=replace",
+        "replace_with=' '",
+        cwd=trained_run,
     )
     assert result.returncode == 0, result.stderr
     blocks = result.stdout.split("===== sample ")[1:]
@@ -153,7 +165,7 @@ def test_cli_batch_prints_each_sample_under_a_header(trained_run):
         (["temperature=-1"], "temperature"),
         (["prompt='Zebra€'"], "'€'"),
         (["ckpt=missing.ckpt"], "missing.ckpt does not exist"),
-        (["ckpt=corpus.txt"], "truncated or corrupt"),
+        (["ckpt=corpus.txt"], "is not a PyTorch checkpoint"),
     ],
 )
 def test_cli_bad_input_exits_1_with_one_line(trained_run, args, needle):

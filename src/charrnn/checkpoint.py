@@ -6,15 +6,13 @@ else), and hyper_parameters hold the vocabulary string and the CharRNN's argumen
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from charrnn.errors import CharRNNError
 from charrnn.net import CharRNN
+from charrnn.resume import read_checkpoint
 from charrnn.vocab import Vocab
 
 ALIASES = ("last", "best")
@@ -81,38 +79,17 @@ def resolve(ckpt: str, runs_dir: str | Path = "outputs") -> Path:
     return found
 
 
-def _read(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found is None:  # not a refused object: the bytes are simply not a checkpoint
-            raise CharRNNError(
-                f"ckpt: cannot read {path}: truncated or corrupt (not a torch checkpoint); "
-                "use another checkpoint (e.g. the run's last.ckpt or best)"
-            ) from None
-        raise CharRNNError(
-            f"ckpt: {path} holds pickled Python objects ({found.group(1)}); charrnn loads "
-            "checkpoints with weights_only=True and never unpickles code, so pass a checkpoint "
-            "written by src/train.py"
-        ) from None
-    except Exception as err:  # torch raises many types for a damaged file (OSError, EOFError, ...)
-        reason = type(err).__name__ + (f": {str(err).splitlines()[0]}" if str(err) else "")
-        raise CharRNNError(
-            f"ckpt: cannot read {path}: truncated or corrupt ({reason}); "
-            "use another checkpoint (e.g. the run's last.ckpt or best)"
-        ) from None
-
-
 def load(path: str | Path) -> Trained:
     """The CharRNN and Vocab of a charrnn checkpoint, on the CPU in eval mode."""
     path = Path(path)
-    ckpt = _read(path)
+    ckpt = read_checkpoint(path, key="ckpt")
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if (
-        not isinstance(hparams, dict) or not isinstance(hparams.get("vocab"), str)
-        or not isinstance(hparams.get("model"), dict) or not isinstance(state, dict)
+        not isinstance(hparams, dict)
+        or not isinstance(hparams.get("vocab"), str)
+        or not isinstance(hparams.get("model"), dict)
+        or not isinstance(state, dict)
     ):
         raise CharRNNError(
             f"ckpt: {path} is not a charrnn checkpoint (it lacks hyper_parameters.vocab/model and "

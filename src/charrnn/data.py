@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from charrnn.corpus import encode_file, locate_corpus
 from charrnn.errors import CharRNNError
@@ -30,7 +31,9 @@ class WindowBatches(Dataset):
     def __init__(self, ids: np.ndarray, seq_length: int):
         self.ids = ids
         self.seq_length = seq_length
-        self.count = (len(ids) - seq_length) // seq_length  # windows that fit at any offset < seq_length
+        self.count = (
+            len(ids) - seq_length
+        ) // seq_length  # windows that fit at any offset < seq_length
 
     def __len__(self) -> int:
         return self.count
@@ -43,14 +46,51 @@ class WindowBatches(Dataset):
         return block[:, :-1], block[:, 1:]
 
 
-class ShuffledWindows(Sampler):
-    """One item per batch: the epoch's random grid offset and `batch_size` shuffled window numbers.
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random stream of one epoch: a function of (seed, epoch) alone, identical on every rank,
+    so a run resumed in the middle of an epoch redraws exactly the order it was interrupted in."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
-    Randomness comes from the global torch generator (seeded by `seed`, identically on every rank);
-    rank r of `world` takes every world-th batch, so DDP ranks see disjoint batches.
+
+class EpochOrder(Sampler):
+    """A sampler that knows its epoch (Lightning calls set_epoch) and can start an epoch part-way.
+
+    ResumableLoader saves (epoch, batches done) in checkpoints and hands it back through resume_at;
+    the next epoch of that number then starts at that batch, in the same order.
     """
 
-    def __init__(self, windows: WindowBatches, batch_size: int, shift: bool, rank=0, world=1):
+    def __init__(self, seed: int):
+        self.seed, self.epoch, self.start = seed, 0, 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self._resume = (epoch, batches_done)
+
+    def begin_epoch(self) -> int:
+        """The batch this epoch starts at: 0, or where a checkpoint of the same epoch stopped."""
+        resume, self._resume = self._resume, None
+        self.start = resume[1] if resume is not None and resume[0] == self.epoch else 0
+        return self.start
+
+    def generator(self) -> torch.Generator:
+        return epoch_generator(self.seed, self.epoch)
+
+
+class ShuffledWindows(EpochOrder):
+    """One item per batch: the epoch's random grid offset and `batch_size` shuffled window numbers.
+
+    Randomness comes from epoch_generator(seed, epoch), identical on every rank; rank r of `world`
+    takes every world-th batch, so DDP ranks see disjoint batches.
+    """
+
+    def __init__(
+        self, windows: WindowBatches, batch_size: int, shift: bool, rank=0, world=1, seed=0
+    ):
+        super().__init__(seed)
         self.windows, self.batch_size, self.shift = windows, batch_size, shift
         self.rank, self.world = rank, world
 
@@ -58,9 +98,12 @@ class ShuffledWindows(Sampler):
         return len(self.windows) // self.batch_size // self.world
 
     def __iter__(self):
-        offset = int(torch.randint(self.windows.seq_length, ()).item()) if self.shift else 0
-        order = torch.randperm(len(self.windows)).tolist()
-        for k in range(self.rank, len(self) * self.world, self.world):
+        generator = self.generator()
+        offset = 0
+        if self.shift:
+            offset = int(torch.randint(self.windows.seq_length, (), generator=generator))
+        order = torch.randperm(len(self.windows), generator=generator).tolist()
+        for k in range(self.rank + self.start * self.world, len(self) * self.world, self.world):
             yield offset, order[k * self.batch_size : (k + 1) * self.batch_size]
 
 
@@ -90,22 +133,52 @@ class StreamBatches(Dataset):
         return torch.from_numpy(block[:, :-1]), torch.from_numpy(targets)
 
 
-class StreamOrder(Sampler):
+class StreamOrder(EpochOrder):
     """Batches of a StreamBatches in order, with a random start offset per epoch when `shift`.
 
     Rows, not batches, are what DDP ranks share out: see CharDataModule.
     """
 
-    def __init__(self, streams: StreamBatches, shift: bool):
+    def __init__(self, streams: StreamBatches, shift: bool, seed: int = 0):
+        super().__init__(seed)
         self.streams, self.shift = streams, shift
 
     def __len__(self) -> int:
         return len(self.streams)
 
     def __iter__(self):
-        offset = int(torch.randint(self.streams.seq_length, ()).item()) if self.shift else 0
-        for k in range(len(self)):
+        generator = self.generator()
+        offset = 0
+        if self.shift:
+            offset = int(torch.randint(self.streams.seq_length, (), generator=generator))
+        for k in range(self.start, len(self)):
             yield offset, k
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that counts the batches consumed in the current epoch.
+
+    Lightning stores state_dict() in every checkpoint and calls load_state_dict() on resume, so a
+    run resumed mid-epoch skips exactly the batches it had trained on, in the same order. Counting
+    here, where batches are handed to training, stays exact whatever the workers prefetch.
+    """
+
+    def __iter__(self):
+        begin = getattr(self.sampler, "begin_epoch", None)
+        self.consumed = begin() if begin is not None else 0
+        self.consumed_epoch = getattr(self.sampler, "epoch", 0)
+        for batch in super().__iter__():
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        # the epoch the count belongs to: between epochs the sampler is already on the next one
+        epoch = getattr(self, "consumed_epoch", getattr(self.sampler, "epoch", 0))
+        return {"epoch": epoch, "batches_done": getattr(self, "consumed", 0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if hasattr(self.sampler, "resume_at"):
+            self.sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))
 
 
 class CharDataModule(L.LightningDataModule):
@@ -125,24 +198,25 @@ class CharDataModule(L.LightningDataModule):
         stateful: bool = False,
         shift_windows: bool = True,
         num_workers: int = 0,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.vocab: Vocab | None = None
         self.train_ids = self.val_ids = None
 
-    @property
-    def corpus_path(self):
+    def locate(self) -> Path:
+        """The corpus file, downloaded and verified first if it is not cached yet."""
         h = self.hparams
         return locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
 
     def prepare_data(self) -> None:
-        self.corpus_path  # downloads once, on one process
+        self.corpus_path = self.locate()  # Lightning calls this on one process per node
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        path = self.corpus_path
+        path = self.corpus_path = self.locate()
         vocab, ids = encode_file(path)
         h = self.hparams
         window = h.seq_length + 1
@@ -179,17 +253,43 @@ class CharDataModule(L.LightningDataModule):
         if h.stateful:
             rows = h.batch_size * world
             streams = StreamBatches(self.train_ids, rows, h.seq_length)
-            return DataLoader(
-                _RowShard(streams, rank, world), sampler=StreamOrder(streams, h.shift_windows),
-                batch_size=None, num_workers=h.num_workers,
+            sampler = StreamOrder(streams, h.shift_windows, h.seed)
+            return ResumableLoader(
+                _RowShard(streams, rank, world),
+                sampler=sampler,
+                batch_size=None,
+                num_workers=h.num_workers,
+                generator=_own_generator(),
             )
-        sampler = ShuffledWindows(self.train_windows, h.batch_size, h.shift_windows, rank, world)
-        return DataLoader(self.train_windows, sampler=sampler, batch_size=None, num_workers=h.num_workers)
+        sampler = ShuffledWindows(
+            self.train_windows, h.batch_size, h.shift_windows, rank, world, h.seed
+        )
+        return ResumableLoader(
+            self.train_windows,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=h.num_workers,
+            generator=_own_generator(),
+        )
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        streams = StreamBatches(self.val_text, self.hparams.val_streams * world, self.hparams.seq_length)
-        return DataLoader(_RowShard(streams, rank, world), sampler=StreamOrder(streams, False), batch_size=None)
+        streams = StreamBatches(
+            self.val_text, self.hparams.val_streams * world, self.hparams.seq_length
+        )
+        return DataLoader(
+            _RowShard(streams, rank, world),
+            sampler=StreamOrder(streams, False),
+            batch_size=None,
+            generator=_own_generator(),
+        )
+
+
+def _own_generator() -> torch.Generator:
+    """Every DataLoader iterator draws a worker seed from its loader's generator, by default the
+    global one; a private one leaves the global stream (dropout's) untouched, so a resumed run,
+    which creates iterators at other moments, continues that stream exactly."""
+    return torch.Generator().manual_seed(0)
 
 
 class _RowShard(Dataset):

@@ -95,7 +95,8 @@ def generate(cfg: DictConfig) -> list[str]:
     print(
         f"{path}: {model['cell']} {model['num_layers']}x{model['rnn_units']}, "
         f"{vocab.unk_id} characters; seed={seed}",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
     sampler = Sampler(trained.net.to(device), vocab)
     stream = cfg.num_samples == 1
@@ -107,7 +108,12 @@ def generate(cfg: DictConfig) -> list[str]:
     if stream:
         sys.stdout.write(prompt)
     texts = sampler.generate(
-        prompt, cfg.length, cfg.temperature, cfg.top_k, cfg.num_samples, seed_generator(seed),
+        prompt,
+        cfg.length,
+        cfg.temperature,
+        cfg.top_k,
+        cfg.num_samples,
+        seed_generator(seed),
         on_step=show if stream else None,
     )
     samples = [prompt + text for text in texts]

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 
 import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.callbacks import Timer
 
 from charrnn.net import CELLS, CharRNN, Hidden  # noqa: F401  (CELLS, CharRNN re-exported)
 from charrnn.vocab import Vocab
+
+log = logging.getLogger(__name__)
 
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:
@@ -96,12 +102,28 @@ class CharLM(L.LightningModule):
             {"val/loss": loss, "val/bpc": loss / math.log(2), "val/loss_best": self.best_val_loss},
             prog_bar=True,
         )
+        if self.trainer.is_global_zero:
+            log.info(
+                "epoch %d step %d: val/loss %.4f (%.3f bpc), best %.4f",
+                self.current_epoch,
+                self.global_step,
+                loss,
+                loss / math.log(2),
+                self.best_val_loss,
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_val_loss"] = self.best_val_loss
+        if self._train_hidden is not None:  # stateful: a mid-epoch resume carries the state on
+            checkpoint["train_hidden"] = self._train_hidden
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_val_loss = checkpoint.get("best_val_loss", math.inf)
+        self._train_hidden = checkpoint.get("train_hidden")
+
+    def on_train_start(self) -> None:
+        if self._train_hidden is not None:  # restored on the CPU; the model may be elsewhere
+            self._train_hidden = move_data_to_device(self._train_hidden, self.device)
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
@@ -109,5 +131,19 @@ class CharLM(L.LightningModule):
             return optimizer
         settings = dict(self.hparams.scheduler)
         factory = hydra.utils.instantiate(settings.pop("scheduler"))
-        scheduler = factory(optimizer=optimizer)
+        accepted = inspect.signature(factory.func).parameters
+        horizon = {}  # schedules that ask for the run's horizon get it from the Trainer
+        if "total_steps" in accepted:
+            horizon["total_steps"] = float(self.trainer.estimated_stepping_batches)
+        if "time_fraction" in accepted:
+            horizon["time_fraction"] = _time_budget_fraction(self.trainer)
+        scheduler = factory(optimizer=optimizer, **horizon)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **settings}}
+
+
+def _time_budget_fraction(trainer: L.Trainer):
+    """A clock for `trainer.max_time`: the fraction of the budget used (None without a budget)."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is None or timer._duration is None:
+        return None
+    return lambda: (timer.time_elapsed("train") or 0.0) / timer._duration

@@ -37,8 +37,10 @@ def check_options(vocab: Vocab, prompt: str, length: int, temperature: float, to
         )
     if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
         raise CharRNNError(f"length must be a whole number of characters > 0, got {length!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        0 <= temperature < math.inf
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not (0 <= temperature < math.inf)
     ):
         raise CharRNNError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= vocab.unk_id:
@@ -163,7 +165,12 @@ class StepGenerator(nn.Module):
 
     @torch.jit.export
     def sample(
-        self, state: list[Tensor], pending: Tensor, steps: int, temperature: float, top_k: int,
+        self,
+        state: list[Tensor],
+        pending: Tensor,
+        steps: int,
+        temperature: float,
+        top_k: int,
         generators: list[torch.Generator],
     ) -> tuple[Tensor, list[Tensor]]:
         """`steps` more characters for every row: ids [B, steps] and the state after them.
@@ -211,7 +218,8 @@ class StepGenerator(nn.Module):
                 width += 1
             if width > 4:
                 raise ValueError(
-                    "prompt has a character this model never saw, at byte " + str(at)
+                    "prompt has a character this model never saw, at byte "
+                    + str(at)
                     + "; remove or replace it"
                 )
             ids.append(self.index[prompt[at : at + width]])
@@ -226,8 +234,13 @@ class StepGenerator(nn.Module):
         return ["".join([self.chars[i] for i in row]) for row in rows]
 
     def forward(
-        self, prompt: str, length: int = 1000, temperature: float = 1.0, top_k: int = 0,
-        num_samples: int = 1, seed: int = 0,
+        self,
+        prompt: str,
+        length: int = 1000,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        num_samples: int = 1,
+        seed: int = 0,
     ) -> list[str]:
         """`num_samples` continuations of `prompt` (prompt not included), reproducible by seed."""
         if length <= 0 or temperature < 0 or top_k < 0 or top_k > len(self.chars):

@@ -17,15 +17,20 @@ from charrnn.sampling import Sampler, seed_generator
 from charrnn.vocab import Vocab
 
 # the 65 characters of tiny Shakespeare (the vocabulary size is what matters for speed)
-SHAKESPEARE_CHARS = "\n !$&',-.3:;?" + "".join(map(chr, range(65, 91))) + "".join(
-    map(chr, range(97, 123))
+SHAKESPEARE_CHARS = (
+    "\n !$&',-.3:;?" + "".join(map(chr, range(65, 91))) + "".join(map(chr, range(97, 123)))
 )
 
 
 @torch.no_grad()
 def tutorial_generate(
-    net: CharRNN, vocab: Vocab, prompt: str, length: int, temperature: float = 1.0,
-    num_samples: int = 1, generator: torch.Generator | None = None,
+    net: CharRNN,
+    vocab: Vocab,
+    prompt: str,
+    length: int,
+    temperature: float = 1.0,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
 ) -> list[str]:
     """What a user writes without us (the TensorFlow tutorial's OneStep loop, in PyTorch): call
     the model on one character at a time, carry its state, mask the unknown id, sample."""
@@ -43,9 +48,15 @@ def tutorial_generate(
 
 
 def measure_generation(
-    cell: str = "gru", embedding_dim: int = 256, rnn_units: int = 1024, num_layers: int = 1,
-    length: int = 1000, batches: tuple[int, ...] = (1, 5), repeats: int = 5,
-    prompt: str = "ROMEO:", temperature: float = 1.0,
+    cell: str = "gru",
+    embedding_dim: int = 256,
+    rnn_units: int = 1024,
+    num_layers: int = 1,
+    length: int = 1000,
+    batches: tuple[int, ...] = (1, 5),
+    repeats: int = 5,
+    prompt: str = "ROMEO:",
+    temperature: float = 1.0,
 ) -> dict[str, list[float]]:
     """Characters per second (all rows together) of each way at each batch size, one entry per
     repeat: {"sampler_b1": [...], "tutorial_b1": [...], "sampler_b5": [...], ...}."""
@@ -85,18 +96,26 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     speeds = measure_generation(
-        args.cell, args.embedding_dim, args.rnn_units, args.num_layers, args.length,
+        args.cell,
+        args.embedding_dim,
+        args.rnn_units,
+        args.num_layers,
+        args.length,
         repeats=args.repeats,
     )
     median = {name: statistics.median(values) for name, values in speeds.items()}
-    print(f"{args.cell} {args.num_layers}x{args.rnn_units}, embedding {args.embedding_dim}, "
-          f"{args.length} chars, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"chars/s median [min-max] of {args.repeats} interleaved repeats")
+    print(
+        f"{args.cell} {args.num_layers}x{args.rnn_units}, embedding {args.embedding_dim}, "
+        f"{args.length} chars, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"chars/s median [min-max] of {args.repeats} interleaved repeats"
+    )
     for name, values in speeds.items():
         print(f"  {name:12s} {median[name]:9,.0f}  [{min(values):,.0f}-{max(values):,.0f}]")
     for batch in (1, 5):
-        print(f"  batch {batch}: sampler / tutorial = "
-              f"{median[f'sampler_b{batch}'] / median[f'tutorial_b{batch}']:.2f}x")
+        print(
+            f"  batch {batch}: sampler / tutorial = "
+            f"{median[f'sampler_b{batch}'] / median[f'tutorial_b{batch}']:.2f}x"
+        )
     # time of batch 5 / time of batch 1 = (b1 chars/s * 5) / (b5 chars/s)
     ratio = 5 * median["sampler_b1"] / median["sampler_b5"]
     print(f"  sampler time batch 5 / batch 1 = {ratio:.2f}")

@@ -58,4 +58,6 @@ class Vocab:
     def decode(self, ids) -> str:
         """Ids back to text; the unknown id decodes to U+FFFD."""
         chars = self.chars
-        return "".join(chars[i] if 0 <= i < self.unk_id else "\ufffd" for i in np.asarray(ids).tolist())
+        return "".join(
+            chars[i] if 0 <= i < self.unk_id else "\ufffd" for i in np.asarray(ids).tolist()
+        )

@@ -1,0 +1,761 @@
+"""`make bench`: how fast charrnn trains, samples, reads data and starts, side by side.
+
+Each comparison runs interleaved in one process (A B A B ...), so a busy machine slows both sides
+alike: the ratios are the figures to quote. Prints one table and writes bench/results.json with
+min/median/max of every figure over its repeats, the torch version, thread count and CPU model.
+
+    python bench/run.py             # full, < 15 min
+    python bench/run.py --quick     # < 3 min
+    python bench/run.py --smoke     # seconds, tiny model: checks that the benchmark runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import charrnn
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = Path(charrnn.__file__).resolve().parents[1]  # child processes import the same charrnn
+
+SECTIONS = ("machine", "train", "generate", "scale", "startup")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repeat counts of one benchmark mode."""
+
+    embedding_dim: int
+    rnn_units: int
+    batch_size: int
+    seq_length: int
+    rounds: int  # training runs of every variant, each step paired with a hand-written-loop step
+    warmup: int  # untimed steps at the start of each run
+    steps: int  # timed steps per run
+    gen_length: int
+    gen_rounds: int
+    scale_mb: tuple[float, ...]
+    naive_mb: tuple[float, ...]  # sizes the one-character-at-a-time baseline encodes
+    scale_rounds: int
+    startup_rounds: int
+    matmul_size: int
+
+
+TUTORIAL = {"embedding_dim": 256, "rnn_units": 1024, "batch_size": 64, "seq_length": 100}
+PLANS = {
+    "full": Plan(**TUTORIAL, rounds=2, warmup=2, steps=8, gen_length=1000, gen_rounds=3,
+                 scale_mb=(1, 10, 100), naive_mb=(1, 10, 100), scale_rounds=3,
+                 startup_rounds=3, matmul_size=2048),
+    "quick": Plan(**TUTORIAL, rounds=1, warmup=2, steps=4, gen_length=1000, gen_rounds=2,
+                  scale_mb=(1, 10, 100), naive_mb=(1, 10), scale_rounds=2,
+                  startup_rounds=2, matmul_size=2048),
+    "smoke": Plan(embedding_dim=16, rnn_units=32, batch_size=8, seq_length=16, rounds=1,
+                  warmup=1, steps=2, gen_length=20, gen_rounds=2, scale_mb=(0.01, 0.1),
+                  naive_mb=(0.01,), scale_rounds=1, startup_rounds=1, matmul_size=256),
+}  # fmt: skip
+
+MULTIBYTE = "éü—…€😀"  # 2-, 3- and 4-byte UTF-8, mixed into the scale corpora
+
+
+def stats(values) -> dict:
+    values = [float(v) for v in values]
+    return {
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synthetic_text(chars: int, seed: int = 0) -> str:
+    """Play-like text of our own making, for --smoke (no download, nothing third-party)."""
+    rng = random.Random(seed)
+    words = (
+        "the a my thy good sweet night day love fair light dark moon sun star heart hand "
+        "come go stay speak hear see know will shall now here there what why thou"
+    ).split()
+    parts, size = [], 0
+    while size < chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))
+        block = f"{rng.choice(['ROMEO', 'JULIET', 'NURSE'])}:\n{line.capitalize()}.\n\n"
+        parts.append(block)
+        size += len(block)
+    return "".join(parts)[:chars]
+
+
+def timed(fn, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------- machine
+
+
+def machine_section(plan: Plan, smoke: bool) -> dict:
+    """The fp32 matmul peak and the read bandwidth from cache and from memory, measured here."""
+    n = plan.matmul_size
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    gflops = [2 * n**3 / timed(lambda: torch.mm(a, b)) / 1e9 for _ in range(3 if smoke else 10)]
+
+    def read_gbps(rows: int, cols: int, calls: int, repeats: int) -> list[float]:
+        """Bytes read per second by the fastest of a few one-pass kernels, for each repeat."""
+        w, x = torch.randn(rows, cols), torch.randn(cols)
+        flat = w.view(-1)
+        kernels = (lambda: torch.mv(w, x), lambda: w.sum(), lambda: torch.dot(flat, flat))
+        for kernel in kernels:
+            kernel()
+
+        def seconds(kernel) -> float:
+            return timed(lambda: [kernel() for _ in range(calls)])
+
+        bytes_read = calls * w.numel() * 4
+        return [bytes_read / min(map(seconds, kernels)) / 1e9 for _ in range(repeats)]
+
+    # a 12.6 MB matrix (GRU-1024's recurrent weights) stays in cache; a 256 MB one does not
+    cache = read_gbps(3072, 1024, 10 if smoke else 50, 3 if smoke else 7)
+    memory = read_gbps(256, 1024, 2, 2) if smoke else read_gbps(16384, 4096, 2, 5)
+    return {
+        "matmul_gflops": stats(gflops),
+        "cache_read_gbps": stats(cache),
+        "memory_read_gbps": stats(memory),
+        "matmul_size": n,
+    }
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def train_flops(cell: str, plan: Plan, vocab_size: int) -> float:
+    """Matmul FLOPs of one training step: forward, plus twice that for the backward pass."""
+    gates = 3 if cell == "gru" else 4
+    e, h = plan.embedding_dim, plan.rnn_units
+    per_char = 2 * (gates * h * (e + h) + h * vocab_size)
+    return 3 * per_char * plan.batch_size * plan.seq_length
+
+
+def lightning_paired(overrides: list[str], plan: Plan, run_dir: Path, loop: HandLoopProcess):
+    """Steady-state seconds per step of our real path, each step paired with one `loop` step.
+
+    build(cfg) and Trainer.fit, as `train` does (logger, progress bar, callbacks; sanity check and
+    validation off). After every Lightning step a callback runs and times one step of the
+    hand-written loop, so the two alternate step by step (A B A B ...). A Lightning step is the time
+    from the end of that callback to the end of the next batch: batch fetch, step, logging, progress
+    bar, hooks.
+    """
+    import lightning as L
+
+    from charrnn.config import compose_train
+    from charrnn.training import build
+
+    # validation is off here, so the checkpoint callback cannot find val/loss: expected, not news
+    warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+
+    class Alternate(L.Callback):
+        def __init__(self):
+            self.ours, self.theirs, self.resumed = [], [], None
+
+        def on_train_batch_end(self, *args) -> None:
+            if self.resumed is not None:
+                self.ours.append(time.perf_counter() - self.resumed)
+            self.theirs.append(timed(loop.step))
+            self.resumed = time.perf_counter()
+
+    settings = [
+        f"++trainer.max_steps={plan.warmup + plan.steps}",
+        "trainer.max_epochs=-1",
+        "trainer.num_sanity_val_steps=0",
+        "++trainer.limit_val_batches=0",
+    ]
+    datamodule, module, trainer = build(compose_train(run_dir, *overrides, *settings))
+    pairs = Alternate()
+    trainer.callbacks.append(pairs)
+    trainer.fit(module, datamodule=datamodule)
+    return pairs.ours[plan.warmup - 1 :], pairs.theirs[plan.warmup :]
+
+
+class HandLoop:
+    """What a user writes instead: Embedding → nn.GRU/nn.LSTM → Linear, Adam, shuffled windows."""
+
+    def __init__(self, cell: str, plan: Plan, train_ids: np.ndarray, vocab_size: int):
+        torch.manual_seed(0)
+        self.plan, self.vocab_size = plan, vocab_size
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        self.embedding = nn.Embedding(vocab_size, plan.embedding_dim)
+        self.rnn = rnn(plan.embedding_dim, plan.rnn_units, batch_first=True)
+        self.head = nn.Linear(plan.rnn_units, vocab_size)
+        params = [p for m in (self.embedding, self.rnn, self.head) for p in m.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=1e-3)
+        self.data = torch.from_numpy(train_ids.astype(np.int64))
+        self.windows = (len(self.data) - 1) // plan.seq_length
+        self.order, self.batch = torch.randperm(self.windows), 0
+
+    def step(self) -> float:
+        b, t = self.plan.batch_size, self.plan.seq_length
+        k = self.batch % (self.windows // b)
+        self.batch += 1
+        starts = self.order[k * b : (k + 1) * b] * t
+        block = self.data[starts[:, None] + torch.arange(t + 1)]
+        inputs, targets = block[:, :-1], block[:, 1:]
+        out, _ = self.rnn(self.embedding(inputs))
+        logits = self.head(out)
+        loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+
+def hand_loop_worker(spec: str) -> int:
+    """Child-process side of HandLoopProcess: one step per "step" line on stdin, seconds back."""
+    spec = json.loads(spec)
+    loop = HandLoop(spec["cell"], Plan(**spec["plan"]), np.load(spec["ids"]), spec["vocab_size"])
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        print(timed(loop.step), flush=True)
+    return 0
+
+
+class HandLoopProcess:
+    """The hand-written loop in a process of its own, driven one step at a time over a pipe.
+
+    Nothing this process sets up for our path (such as the allocator settings of
+    charrnn.training.build) can help it, and whichever side is not running waits on the pipe.
+    """
+
+    def __init__(self, cell: str, plan: Plan, ids_file: Path, vocab_size: int):
+        spec = {"cell": cell, "plan": asdict(plan), "ids": str(ids_file), "vocab_size": vocab_size}
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--hand-loop", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+
+    def step(self) -> float:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the hand-written loop process exited ({self.process.wait()})")
+        return float(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        if self.process.wait(timeout=60) != 0:
+            raise RuntimeError("the hand-written loop process failed")
+
+
+def child_env(*extra: Path) -> dict:
+    """The environment for child processes: they import the same charrnn as this one."""
+    paths = [str(SRC), *map(str, extra), os.environ.get("PYTHONPATH")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)))
+
+
+def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -> dict:
+    from charrnn.corpus import encode_file
+    from charrnn.data import split_ids
+
+    vocab, ids = encode_file(corpus, cache=False)
+    train_ids, _ = split_ids(ids, 0.1)
+    size = [
+        f"model.embedding_dim={plan.embedding_dim}",
+        f"model.rnn_units={plan.rnn_units}",
+        f"data.batch_size={plan.batch_size}",
+        f"data.seq_length={plan.seq_length}",
+        f"data.path={corpus}",
+        "experiment=tutorial",
+    ]
+    variants = {  # (cell, name): the Lightning run's overrides; each is paired with the cell's loop
+        ("gru", "charrnn"): size,
+        ("gru", "charrnn_impl_torch"): [*size, "model.impl=torch"],
+        ("lstm", "charrnn"): [*size, "model=lstm"],
+    }
+    ids_file = workdir / "train_ids.npy"
+    np.save(ids_file, train_ids)
+    loops = {cell: HandLoopProcess(cell, plan, ids_file, vocab.size) for cell in ("gru", "lstm")}
+    steps = {key: [] for key in [*variants, ("gru", "loop"), ("lstm", "loop")]}
+    ratios = {key: [] for key in steps}
+    for r in range(plan.rounds):
+        for (cell, name), overrides in variants.items():
+            ours, theirs = lightning_paired(
+                overrides, plan, workdir / f"{cell}-{name}-{r}", loops[cell]
+            )
+            steps[(cell, name)] += ours
+            steps[(cell, "loop")] += theirs
+            ratios[(cell, name)] += [lo / us for us, lo in zip(ours, theirs, strict=True)]
+            ratios[(cell, "loop")] += [1.0] * len(theirs)
+            print(
+                f"  train {cell} {name} round {r}: {median(ours):.3f} s/step, "
+                f"paired hand-written loop {median(theirs):.3f} s/step",
+                flush=True,
+            )
+    for loop in loops.values():
+        loop.close()
+    chars = plan.batch_size * plan.seq_length
+    result = {
+        "batch_size": plan.batch_size,
+        "seq_length": plan.seq_length,
+        "embedding_dim": plan.embedding_dim,
+        "rnn_units": plan.rnn_units,
+        "vocab_size": vocab.size,
+    }
+    for (cell, name), seconds in steps.items():
+        flops = train_flops(cell, plan, vocab.size)
+        row = {
+            "step_s": stats(seconds),
+            "chars_per_s": stats(chars / s for s in seconds),
+            "mfu": stats(flops / s / 1e9 / peak_gflops for s in seconds),
+            # loop step / our step, pair by pair: > 1 means faster than the hand-written loop
+            "speed_vs_loop": stats(ratios[(cell, name)]),
+        }
+        if name == "charrnn":
+            row["epoch_s_per_million_chars"] = stats(s / chars * 1e6 for s in seconds)
+        result.setdefault(cell, {})[name] = row
+        result[cell]["flops_per_step"] = flops
+    return result
+
+
+# --------------------------------------------------------------------------------------- generate
+
+
+@torch.no_grad()
+def naive_generate(net, vocab, prompt: str, length: int, num_samples: int, generator) -> None:
+    """The straightforward way: call the model on one character at a time and sample its softmax."""
+    net.eval()
+    ids = torch.as_tensor(vocab.encode(prompt), dtype=torch.long).expand(num_samples, -1)
+    logits, hidden = net(ids)
+    for _ in range(length):
+        probs = torch.softmax(logits[:, -1], dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator)
+        logits, hidden = net(nxt, hidden)
+
+
+def generate_section(plan: Plan, corpus: Path, machine: dict) -> dict:
+    from charrnn.corpus import encode_file
+    from charrnn.model import CharRNN
+    from charrnn.sampling import Sampler
+
+    vocab, _ = encode_file(corpus, cache=False)
+    e, h, v = plan.embedding_dim, plan.rnn_units, vocab.size
+    peak = machine["matmul_gflops"]["max"] * 1e9
+    cache_bw = machine["cache_read_gbps"]["max"] * 1e9
+    result = {"length": plan.gen_length, "prompt": "ROMEO:"}
+    for cell in ("gru", "lstm"):
+        torch.manual_seed(0)
+        ours = CharRNN(v, cell, e, h)  # the default implementation, as a trained checkpoint has
+        plain = CharRNN(v, cell, e, h, impl="torch")
+        plain.load_state_dict(ours.state_dict())
+        gates = 3 if cell == "gru" else 4
+        # per character: the recurrent matrix and the head; the input side is a table lookup
+        weight_bytes = 4 * (gates * h * h + h * v)
+        flops_per_char = 2 * (gates * h * h + h * v)
+        for batch in (1, 5):
+            runs = {"sampler": [], "loop": []}
+            for r in range(plan.gen_rounds):
+                order = ("sampler", "loop") if r % 2 == 0 else ("loop", "sampler")
+                for name in order:
+                    generator = torch.Generator().manual_seed(r)
+                    if name == "sampler":
+                        sampler = Sampler(ours, vocab)
+                        seconds = timed(
+                            sampler.generate,
+                            "ROMEO:",
+                            plan.gen_length,
+                            1.0,
+                            0,
+                            num_samples=batch,
+                            generator=generator,
+                        )
+                    else:
+                        seconds = timed(
+                            naive_generate,
+                            plain,
+                            vocab,
+                            "ROMEO:",
+                            plan.gen_length,
+                            batch,
+                            generator,
+                        )
+                    runs[name].append(batch * plan.gen_length / seconds)
+            bound = min(batch * cache_bw / weight_bytes, peak / flops_per_char)
+            print(
+                f"  generate {cell} batch {batch}: sampler {median(runs['sampler']):,.0f} "
+                f"chars/s, loop {median(runs['loop']):,.0f}",
+                flush=True,
+            )
+            result.setdefault(cell, {})[f"batch{batch}"] = {
+                "sampler_chars_per_s": stats(runs["sampler"]),
+                "loop_chars_per_s": stats(runs["loop"]),
+                "sampler_vs_loop": stats(
+                    a / b for a, b in zip(runs["sampler"], runs["loop"], strict=True)
+                ),
+                "bound_chars_per_s": bound,
+                "bound_kind": "compute"
+                if peak / flops_per_char < batch * cache_bw / weight_bytes
+                else "cache bandwidth",
+                "sampler_fraction_of_bound": stats(c / bound for c in runs["sampler"]),
+            }
+    return result
+
+
+# ------------------------------------------------------------------------------------------ scale
+
+ENCODE_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+mode, path = sys.argv[1], Path(sys.argv[2])
+import numpy as np
+from charrnn.corpus import encode_file
+start = time.perf_counter()
+if mode == "naive":  # nanoGPT's prepare.py: a Python dict lookup per character
+    text = path.read_text(encoding="utf-8")
+    stoi = {c: i for i, c in enumerate(sorted(set(text)))}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+else:
+    vocab, ids = encode_file(path, cache=mode == "cached")
+seconds = time.perf_counter() - start
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) benchmark process
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+hwm = status.get("VmHWM")
+rss = int(hwm.split()[0]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss /= 1024
+print(json.dumps({"seconds": seconds, "rss_mb": rss, "chars": int(len(ids))}))
+"""
+
+
+def make_corpus(text: str, megabytes: float, path: Path) -> None:
+    """`text` with a multibyte character every ~1000 characters, repeated to `megabytes` MB."""
+    unit = "".join(
+        text[i : i + 997] + MULTIBYTE[(i // 997) % len(MULTIBYTE)] for i in range(0, len(text), 997)
+    ).encode("utf-8")
+    left = int(megabytes * 1_000_000)
+    with open(path, "wb") as f:
+        while left > 0:
+            piece = unit[:left].decode("utf-8", errors="ignore").encode("utf-8")
+            f.write(piece)
+            left = 0 if len(piece) < len(unit) else left - len(piece)
+
+
+def encode_child(mode: str, path: Path) -> dict:
+    env = child_env()
+    done = subprocess.run(
+        [sys.executable, "-c", ENCODE_CHILD, mode, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def scale_section(plan: Plan, text: str, workdir: Path) -> dict:
+    from charrnn.corpus import ids_cache_path, sha256_file
+
+    result = {}
+    for mb in plan.scale_mb:
+        path = workdir / f"corpus-{mb:g}MB.txt"
+        make_corpus(text, mb, path)
+        cache = ids_cache_path(path, sha256_file(path))
+        runs = {k: [] for k in ("encode", "first_run", "cached_run", "naive")}
+        for _ in range(plan.scale_rounds):
+            runs["encode"].append(encode_child("plain", path))
+            if mb in plan.naive_mb:
+                runs["naive"].append(encode_child("naive", path))
+            cache.unlink(missing_ok=True)
+            runs["first_run"].append(encode_child("cached", path))
+            runs["cached_run"].append(encode_child("cached", path))
+        row = {"bytes": path.stat().st_size, "chars": runs["encode"][0]["chars"]}
+        for name, values in runs.items():
+            if values:
+                row[f"{name}_s"] = stats(v["seconds"] for v in values)
+                row[f"{name}_rss_mb"] = stats(v["rss_mb"] for v in values)
+        print(
+            f"  encode {mb:g} MB: {row['encode_s']['median']:.3f} s, "
+            f"{row['encode_rss_mb']['median']:.0f} MB peak RSS; cached "
+            f"{row['cached_run_s']['median']:.3f} s",
+            flush=True,
+        )
+        result[f"{mb:g}MB"] = row
+        path.unlink()
+        cache.unlink(missing_ok=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------- startup
+
+
+IMPORTS = {  # what each entry point pays before doing anything; torch and lightning for scale
+    "python": "pass",
+    "torch": "import torch",
+    "lightning": "import lightning",
+    "charrnn": "import charrnn",
+    "charrnn.sampling": "import charrnn.sampling",
+    "charrnn.training": "import charrnn.training",
+}
+
+
+def startup_section(plan: Plan, corpus: Path, workdir: Path) -> dict:
+    """Wall seconds from launching `python src/train.py size=tiny` to its first training step."""
+    env = child_env(ROOT / "bench")  # bench/ for first_step.FirstStepClock
+    train_py = ROOT / "src" / "train.py"
+    imports = {name: [] for name in IMPORTS}
+    first_step, whole = [], []
+    for r in range(plan.startup_rounds):
+        for name, code in IMPORTS.items():
+            imports[name].append(
+                timed(
+                    subprocess.run,
+                    [sys.executable, "-c", code],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
+            )
+        marker = workdir / f"first-step-{r}"
+        command = [
+            sys.executable,
+            str(train_py),
+            "size=tiny",
+            f"data.path={corpus}",
+            "++trainer.max_steps=1",
+            f"hydra.run.dir={workdir / f'startup-{r}'}",
+            "+callbacks.first_step._target_=first_step.FirstStepClock",
+        ]
+        launched = time.time()
+        subprocess.run(
+            command,
+            cwd=workdir,
+            env=dict(env, BENCH_FIRST_STEP_FILE=str(marker)),
+            check=True,
+            capture_output=True,
+        )
+        whole.append(time.time() - launched)
+        first_step.append(float(marker.read_text()) - launched)
+    python = imports.pop("python")
+    result = {
+        "python_s": stats(python),
+        "first_step_s": stats(first_step),
+        "one_step_run_s": stats(whole),
+    }
+    for name, values in imports.items():
+        result[f"import_{name}_s"] = stats(v - p for v, p in zip(values, python, strict=True))
+    print(f"  start-up: first step after {median(first_step):.2f} s", flush=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def fmt(row: dict, key: str, spec: str = ",.0f", scale: float = 1.0) -> str:
+    s = row[key]
+    return f"{s['median'] * scale:{spec}} ({s['min'] * scale:{spec}}–{s['max'] * scale:{spec}})"
+
+
+def table(results: dict) -> str:
+    meta, lines = results["meta"], []
+    lines.append(
+        f"charrnn bench ({meta['mode']}): torch {meta['torch']}, {meta['threads']} "
+        f"threads, {meta['cpu']}; median (min–max) of repeats; sides interleaved"
+    )
+    if "machine" in results:
+        m = results["machine"]
+        lines.append(
+            f"machine: fp32 matmul {fmt(m, 'matmul_gflops')} GFLOP/s "
+            f"({m['matmul_size']}² torch.mm); read {fmt(m, 'cache_read_gbps')} GB/s from "
+            f"cache, {fmt(m, 'memory_read_gbps')} GB/s from memory"
+        )
+    if "train" in results:
+        t = results["train"]
+        lines.append("")
+        lines.append(
+            f"Training: Embedding {t['embedding_dim']} → cell {t['rnn_units']} → Linear, "
+            f"batch {t['batch_size']}×{t['seq_length']}, Adam (MFU vs the matmul peak)"
+        )
+        lines.append(f"  {'':48} {'chars/s':>22} {'s/step':>7} {'MFU':>5} {'vs loop':>8}")
+        names = {
+            "charrnn": "charrnn (Lightning), default model.impl",
+            "charrnn_impl_torch": "charrnn (Lightning), model.impl=torch",
+            "loop": "hand-written PyTorch loop",
+        }
+        for cell in ("gru", "lstm"):
+            for name, row in t[cell].items():
+                if name == "flops_per_step":
+                    continue
+                label = f"{cell.upper()}: {names[name]}"
+                lines.append(
+                    f"  {label:48} {fmt(row, 'chars_per_s'):>22} "
+                    f"{row['step_s']['median']:7.2f} {row['mfu']['median']:5.0%} "
+                    f"{row['speed_vs_loop']['median']:7.2f}×"
+                )
+        for cell in ("gru", "lstm"):
+            lines.append(
+                f"  epoch time per million characters, {cell.upper()}: "
+                f"{fmt(t[cell]['charrnn'], 'epoch_s_per_million_chars')} s"
+            )
+    if "generate" in results:
+        g = results["generate"]
+        lines.append("")
+        lines.append(f"Generation: {g['length']} chars after {g['prompt']!r}, same model, chars/s")
+        lines.append(
+            f"  {'':18} {'Sampler':>22} {'model-call loop':>22} {'ratio':>6} "
+            f"{'bound':>7} {'of bound':>8}"
+        )
+        for cell in ("gru", "lstm"):
+            for batch in ("batch1", "batch5"):
+                row = g[cell][batch]
+                lines.append(
+                    f"  {cell.upper()} {batch:13} {fmt(row, 'sampler_chars_per_s'):>22} "
+                    f"{fmt(row, 'loop_chars_per_s'):>22} "
+                    f"{row['sampler_vs_loop']['median']:5.2f}× "
+                    f"{row['bound_chars_per_s']:7,.0f} "
+                    f"{row['sampler_fraction_of_bound']['median']:8.0%}"
+                )
+    if "scale" in results:
+        lines.append("")
+        lines.append("Data: read + vocabulary + encode (a fresh process each; its peak RSS)")
+        lines.append(
+            f"  {'':8} {'encode s':>20} {'RSS MB':>7} {'1st run s':>10} {'cached s':>9} "
+            f"{'per-char Python s':>18} {'RSS MB':>7}"
+        )
+        for size, row in results["scale"].items():
+            naive = (
+                f"{row['naive_s']['median']:18.2f} {row['naive_rss_mb']['median']:7.0f}"
+                if "naive_s" in row
+                else f"{'-':>18} {'-':>7}"
+            )
+            lines.append(
+                f"  {size:8} {fmt(row, 'encode_s', '.3f'):>20} "
+                f"{row['encode_rss_mb']['median']:7.0f} "
+                f"{row['first_run_s']['median']:10.3f} "
+                f"{row['cached_run_s']['median']:9.3f} {naive}"
+            )
+    if "startup" in results:
+        s = results["startup"]
+        lines.append("")
+        lines.append(
+            f"Start-up: `python src/train.py size=tiny` to its first training step: "
+            f"{fmt(s, 'first_step_s', '.2f')} s "
+            f"(the whole one-step run: {fmt(s, 'one_step_run_s', '.2f')} s)"
+        )
+        imports = ", ".join(
+            f"{name} {fmt(s, f'import_{name}_s', '.2f')}" for name in list(IMPORTS)[1:]
+        )
+        lines.append(
+            f"  import seconds, beyond python's own {s['python_s']['median']:.2f} s: {imports}"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def corpus_file(given: str | None) -> Path:
+    """The real corpus: --corpus, else the verified download conf/data/shakespeare.yaml names."""
+    if given:
+        return Path(given)
+    from omegaconf import OmegaConf
+
+    from charrnn.corpus import locate_corpus
+
+    data = OmegaConf.load(ROOT / "conf" / "data" / "shakespeare.yaml")
+    return locate_corpus(None, str(ROOT / data.cache_dir), data.url, data.sha256)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run, < 3 minutes")
+    parser.add_argument("--smoke", action="store_true", help="seconds, tiny model (for tests)")
+    parser.add_argument("--corpus", help="text to train on (default: the Shakespeare download)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections of {', '.join(SECTIONS)}",
+    )
+    parser.add_argument("--hand-loop", help=argparse.SUPPRESS)  # internal: HandLoopProcess
+    args = parser.parse_args(argv)
+    if args.hand_loop:
+        return hand_loop_worker(args.hand_loop)
+    sections = [s for s in args.only.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    plan = PLANS[mode]
+    started = time.perf_counter()
+    meta = {
+        "mode": mode,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "plan": asdict(plan),
+    }
+    results = {"meta": meta}
+    with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.smoke and not args.corpus:
+            corpus = workdir / "smoke.txt"
+            corpus.write_text(synthetic_text(60_000), encoding="utf-8")
+        else:
+            corpus = corpus_file(args.corpus)
+        text = corpus.read_text(encoding="utf-8")
+        if {"machine", "train", "generate"} & set(sections):
+            results["machine"] = machine_section(plan, args.smoke)
+        if "train" in sections:
+            peak = results["machine"]["matmul_gflops"]["max"]
+            results["train"] = train_section(plan, corpus, workdir, peak)
+        if "generate" in sections:
+            results["generate"] = generate_section(plan, corpus, results["machine"])
+        if "scale" in sections:
+            results["scale"] = scale_section(plan, text, workdir)
+        if "startup" in sections:
+            results["startup"] = startup_section(plan, corpus, workdir)
+    results["meta"]["seconds"] = time.perf_counter() - started
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    print()
+    print(table(results))
+    print(f"\n{results['meta']['seconds']:.0f} s; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""A GRU layer built around large matrix products, for CPU training speed.
+
+`nn.GRU` on CPU runs each time step's recurrent product forward and then lets autograd replay the
+sequence step by step, with a small weight-gradient product and a dozen small ops per step. Here:
+- the recurrent weight gradient is one sequence-long product, and backward is written by hand: every
+  gate gradient is the incoming gradient times a coefficient saved by the forward pass;
+- the per-step products use MKL's packed GEMM, which packs the weight once per sequence;
+- after an embedding, the input projection is a lookup in the projected embedding table.
+Same parameters, initialisation, equations and state-dict keys as `nn.GRU` (checkpoints move
+between the two); short sequences (sampling) and CUDA tensors take `nn.GRU`'s own path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+MIN_STEPS = 8  # shorter sequences (e.g. sampling, one character per call) go through nn.GRU's C++
+
+
+def row_product(weight: torch.Tensor, rows: int, calls: int):
+    """x -> x @ weight.T (+ bias) for `calls` products with `rows`-row inputs x.
+
+    A plain GEMM re-packs the whole weight on every call, which for a 64-row product costs about a
+    third of the time; MKL's packed GEMM packs it once per sequence (fp32 on CPU, where available).
+    A few calls, or one-row products (matrix-vector, nothing to pack), are not worth the packing.
+    """
+    packable = weight.dtype == torch.float32 and weight.device.type == "cpu"
+    if _MKL_PACKED and packable and calls >= MIN_STEPS and rows > 1:
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+        return lambda x, bias=None: torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+    transposed = weight.t().contiguous()  # a contiguous right operand is faster than a view
+    return lambda x, bias=None: (
+        torch.mm(x, transposed) if bias is None else torch.addmm(bias, x, transposed)
+    )
+
+
+class GRURecurrence(torch.autograd.Function):
+    """The recurrent half of one GRU layer over a whole sequence, time-major.
+
+    Inputs: gi [T, B, 3H] (input projections, bias included), h0 [B, H], w_hh [3H, H], b_hh [3H],
+    and whether grad mode is on. Output: the hidden states h_1..h_T as [T, B, H].
+
+    Every gate gradient is the gradient reaching h_t times a coefficient that the forward pass
+    already knows, so forward stores those coefficients (computed while r, z, n are in cache) and
+    each backward step is one broadcast multiply and one matrix product.
+    """
+
+    @staticmethod
+    def forward(ctx, gi, h0, w_hh, b_hh, grad_enabled: bool):
+        steps, batch, three_h = gi.shape
+        size = three_h // 3
+        train = grad_enabled and any(ctx.needs_input_grad)  # needs_input_grad ignores no_grad()
+        states = gi.new_empty(steps + 1, batch, size)  # h_0..h_T: every h_{t-1} is states[:-1]
+        states[0] = h0
+        if train:
+            coef = gi.new_empty(steps, batch, 3, size)  # d(r, z, n pre-activations of gh) / dh_t
+            n_coef = gi.new_empty(steps, batch, size)  # d(n pre-activation of gi) / dh_t
+        gates = gi.new_empty(steps, batch, 2 * size)  # r and z, kept for backward
+        recurrent = row_product(w_hh, batch, steps)
+        for t in range(steps):
+            h = states[t]
+            gh = recurrent(h, b_hh)
+            rz = torch.add(gi[t, :, : 2 * size], gh[:, : 2 * size], out=gates[t]).sigmoid_()
+            r, z = rz[:, :size], rz[:, size:]
+            hn = gh[:, 2 * size :]
+            n = torch.addcmul(gi[t, :, 2 * size :], r, hn).tanh_()
+            h_next = torch.lerp(n, h, z, out=states[t + 1])  # (1 - z) n + z h
+            if train:  # the coefficients, from values still in cache
+                c, keep = coef[t], 1 - z
+                dn = torch.addcmul(keep, keep, n * n, value=-1, out=n_coef[t])  # (1-z)(1-n²)
+                c_n = torch.mul(dn, r, out=c[:, 2])
+                c_r = c_n * hn
+                torch.addcmul(c_r, c_r, r, value=-1, out=c[:, 0])  # dn hn r (1 - r)
+                torch.mul(h_next - n, keep, out=c[:, 1])  # h_next - n = z (h - n)
+        if train:
+            ctx.save_for_backward(w_hh)
+            ctx.states, ctx.coef, ctx.n_coef, ctx.gates = states, coef, n_coef, gates
+        return states[1:]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (w_hh,) = ctx.saved_tensors
+        states, coef, n_coef, gates = ctx.states, ctx.coef, ctx.n_coef, ctx.gates
+        del ctx.states, ctx.coef, ctx.n_coef, ctx.gates
+        steps, batch, _, size = coef.shape
+        grad_gh = torch.empty_like(coef)  # gradient of the recurrent pre-activations
+        grad_gi_n = torch.empty_like(n_coef)
+        back = row_product(w_hh.t().contiguous(), batch, steps)  # g -> g @ w_hh
+        carry = torch.zeros_like(n_coef[0])
+        for t in range(steps - 1, -1, -1):
+            dh = carry + grad_out[t]
+            torch.mul(coef[t], dh.unsqueeze(1), out=grad_gh[t])
+            torch.mul(n_coef[t], dh, out=grad_gi_n[t])
+            carry = back(grad_gh[t].view(batch, 3 * size)).addcmul_(dh, gates[t, :, size:])
+        flat_gh = grad_gh.view(-1, 3 * size)
+        grad_gi = grad_w_hh = grad_b_hh = None
+        if ctx.needs_input_grad[2]:  # one sequence-long product instead of one per step
+            grad_w_hh = flat_gh.t().mm(states[:-1].reshape(-1, size))
+        if ctx.needs_input_grad[3]:
+            grad_b_hh = flat_gh.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_gi = torch.cat([grad_gh[:, :, :2].flatten(2), grad_gi_n], dim=-1)
+        return grad_gi, carry, grad_w_hh, grad_b_hh, None
+
+
+class FusedGRU(nn.GRU):
+    """Drop-in `nn.GRU` (unidirectional, no projection) whose CPU path is `GRURecurrence`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.bidirectional or self.proj_size or not self.bias:
+            raise ValueError("FusedGRU supports unidirectional GRUs with biases and no proj_size")
+
+    def forward(self, input, hx=None):  # noqa: A002 - nn.GRU's signature
+        steps = input.shape[1 if self.batch_first else 0] if input.dim() == 3 else 0
+        if input.is_cuda or steps < MIN_STEPS or torch.is_autocast_enabled(input.device.type):
+            return super().forward(input, hx)  # nn.GRU knows autocast's casting rules
+        x = input.transpose(0, 1) if self.batch_first else input  # time-major
+        return self._layers(F.linear(x, self.weight_ih_l0, self.bias_ih_l0), hx)
+
+    def forward_ids(self, ids: torch.Tensor, embedding: torch.Tensor, hx=None):
+        """`forward(embedding[ids])`, projecting each vocabulary row once instead of each position.
+
+        x W_ih^T + b_ih of an embedded character is a row of the [vocab, 3H] table of projected
+        embeddings: a gather forward and a scatter-add backward replace three sequence-long
+        products. Worth it only when there are more positions than vocabulary rows.
+        """
+        small = ids.dim() != 2 or ids.numel() <= embedding.shape[0]
+        if ids.is_cuda or small or torch.is_autocast_enabled(ids.device.type):
+            return self.forward(F.embedding(ids, embedding), hx)
+        table = F.linear(embedding, self.weight_ih_l0, self.bias_ih_l0)
+        return self._layers(F.embedding(ids.t() if self.batch_first else ids, table), hx)
+
+    def _layers(self, gi: torch.Tensor, hx):
+        """All layers from the first layer's input projections gi [T, B, 3H]."""
+        if hx is None:
+            hx = gi.new_zeros(self.num_layers, gi.shape[1], self.hidden_size)
+        finals, x = [], None
+        for layer in range(self.num_layers):
+            if layer:
+                if self.dropout and self.training:
+                    x = F.dropout(x, self.dropout, training=True)
+                w_ih, b_ih = (
+                    getattr(self, f"weight_ih_l{layer}"),
+                    getattr(self, f"bias_ih_l{layer}"),
+                )
+                gi = F.linear(x, w_ih, b_ih)
+            w_hh, b_hh = getattr(self, f"weight_hh_l{layer}"), getattr(self, f"bias_hh_l{layer}")
+            x = GRURecurrence.apply(gi, hx[layer], w_hh, b_hh, torch.is_grad_enabled())
+            finals.append(x[-1])
+        out = x.transpose(0, 1) if self.batch_first else x
+        return out, torch.stack(finals)

@@ -1,0 +1,173 @@
+"""The end-of-sweep summary: one row per job, best first, as summary.csv and summary.md.
+
+`SweepSummary` is a Hydra callback (registered under hydra.callbacks in conf/train.yaml). Each job
+records itself in its own run dir (result.json, see charrnn.results) in the process that ran it, so
+the summary works the same with the basic, joblib and submitit launchers and the Optuna sweeper;
+at the end of the multirun the launching process collects those files.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from charrnn.results import describe_error, is_rank_zero, read_result, update_result
+
+log = logging.getLogger(__name__)
+
+SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+ERROR_CHARS = 300  # of an error message in the printed/Markdown table
+COLUMNS = (  # (key in result.json, column title)
+    ("job", "job"),
+    ("status", "status"),
+    ("overrides", "overrides"),
+    ("val_loss_best", "val/loss_best"),
+    ("val_bpc", "val/bpc"),
+    ("params", "params"),
+    ("epochs", "epochs"),
+    ("wall_time_s", "wall time (s)"),
+    ("best_checkpoint", "best checkpoint"),
+    ("error", "error"),
+)
+_NUMERIC = {"job", "val_loss_best", "val_bpc", "params", "epochs", "wall_time_s"}  # right-aligned
+
+
+class SweepSummary(Callback):
+    """Records every job (failed ones included) and writes the sweep's summary when it ends."""
+
+    def __init__(self, exit_on_failure: bool = True):
+        self.exit_on_failure = exit_on_failure
+        self._started: float | None = None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started = time.perf_counter()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not is_rank_zero():
+            return
+        run_dir = Path(config.hydra.runtime.output_dir)
+        record = read_result(run_dir)
+        fields = {
+            "job": config.hydra.job.get("num"),
+            "overrides": [o for o in config.hydra.overrides.task if not o.startswith("hydra.")],
+            "run_dir": str(run_dir),
+        }
+        if self._started is not None:
+            fields["wall_time_s"] = round(time.perf_counter() - self._started, 1)
+        if job_return.status == JobStatus.FAILED:
+            fields.update(status="failed", error=describe_error(job_return._return_value))
+        elif "status" not in record:
+            fields.update(status="failed", error="the job recorded no result")
+        update_result(run_dir, **fields)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        rows = collect(sweep_dir)
+        if not rows:
+            log.warning("sweep summary: no job results under %s", sweep_dir)
+            return
+        write_summary(rows, sweep_dir)
+        failed = sum(row.get("status") != "ok" for row in rows)
+        log.info(
+            "sweep summary (%s, %s):\n%s",
+            sweep_dir / SUMMARY_MD,
+            sweep_dir / SUMMARY_CSV,
+            markdown_table(rows, sweep_dir),
+        )
+        if failed:
+            log.error("%d of %d jobs failed; their errors are in the summary", failed, len(rows))
+            if self.exit_on_failure:
+                raise SystemExit(1)
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """Every job under sweep_dir, best val/loss_best first, then failed jobs by job number."""
+    rows = []
+    for job_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+        record = read_result(job_dir)
+        if not record:
+            overrides = job_dir / ".hydra" / "overrides.yaml"
+            if not overrides.exists():
+                continue  # not a job dir (.submitit, ...)
+            record = {
+                "status": "failed",
+                "run_dir": str(job_dir),
+                "error": "the job left no result.json",
+                "overrides": list(OmegaConf.load(overrides)),
+            }
+        rows.append(record)
+
+    def order(row):
+        loss = row.get("val_loss_best")
+        ok = row.get("status") == "ok" and isinstance(loss, (int, float)) and math.isfinite(loss)
+        job = row.get("job")
+        return (0, loss, 0) if ok else (1, 0.0, job if isinstance(job, int) else 1 << 30)
+
+    return sorted(rows, key=order)
+
+
+def _varying(rows: list[dict]) -> set[str]:
+    """The overrides not shared by every job: what tells the rows apart."""
+    lists = [set(row.get("overrides") or []) for row in rows]
+    common = set.intersection(*lists) if lists else set()
+    return set().union(*lists) - common if len(rows) > 1 else set().union(*lists)
+
+
+def _csv_cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    return " ".join(value) if key == "overrides" else str(value)
+
+
+def _cell(row: dict, key: str, sweep_dir: Path, shown: set[str]) -> str:
+    """A Markdown table cell: rounded numbers, the overrides that vary, paths from the sweep dir."""
+    value = row.get(key)
+    if value is None:
+        return ""
+    if key == "overrides":
+        return " ".join(o for o in value if o in shown)
+    if key in ("val_loss_best", "val_bpc"):
+        return f"{value:.4f}"
+    if key == "params":
+        return f"{value:,}"
+    if key == "best_checkpoint" and value:
+        path = Path(value)
+        return str(path.relative_to(sweep_dir)) if path.is_relative_to(sweep_dir) else value
+    if key == "error" and len(value) > ERROR_CHARS:
+        return value[: ERROR_CHARS - 3] + "..."  # the whole message is in summary.csv
+    return str(value)
+
+
+def write_summary(rows: list[dict], sweep_dir: Path) -> None:
+    """summary.csv (every value as recorded) and summary.md (the table that is printed)."""
+    with open(sweep_dir / SUMMARY_CSV, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([title for _, title in COLUMNS])
+        for row in rows:
+            writer.writerow([_csv_cell(row, key) for key, _ in COLUMNS])
+    (sweep_dir / SUMMARY_MD).write_text(markdown_table(rows, sweep_dir) + "\n", encoding="utf-8")
+
+
+def markdown_table(rows: list[dict], sweep_dir: Path) -> str:
+    shown = _varying(rows)
+    common = sorted(set().union(*(row.get("overrides") or [] for row in rows)) - shown)
+    lines = [
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "|".join("---:" if key in _NUMERIC else "---" for key, _ in COLUMNS) + "|",
+    ]
+    for row in rows:
+        cells = [_cell(row, key, sweep_dir, shown).replace("|", "\\|") for key, _ in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    if common:
+        lines.append("")
+        lines.append("Common to every job: `" + " ".join(common) + "`")
+    return "\n".join(lines)

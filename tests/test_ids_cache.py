@@ -1,0 +1,101 @@
+"""encode_file: vectorised encoding that matches a plain Python encoding, and the ids cache."""
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import make_text
+
+import charrnn.corpus as corpus
+from charrnn.corpus import encode_file, ids_cache_path, sha256_file
+
+MIXED = "é—😀ü€"  # 2-, 3- and 4-byte UTF-8
+
+
+def _mixed_text(chars: int) -> str:
+    text = make_text(chars)
+    return "".join(c + (MIXED[i % len(MIXED)] if i % 37 == 0 else "") for i, c in enumerate(text))
+
+
+@pytest.fixture
+def small_cache(monkeypatch):
+    """Caches every corpus, however small, and decodes in slices that split characters."""
+    monkeypatch.setattr(corpus, "CACHE_MIN_BYTES", 0)
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 1001)
+
+
+def test_encoding_matches_a_character_by_character_encoding(tmp_path, small_cache):
+    text = _mixed_text(20_000)
+    path = tmp_path / "mixed.txt"
+    path.write_text(text, encoding="utf-8")
+    vocab, ids = encode_file(path, cache=False)
+    assert vocab.chars == "".join(sorted(set(text)))
+    expected = [vocab.chars.index(c) for c in text]
+    assert ids.dtype == np.uint8 and ids.tolist() == expected
+    assert vocab.decode(ids) == text
+
+
+def test_second_run_reads_the_cache_beside_the_corpus(tmp_path, small_cache, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text(_mixed_text(5_000), encoding="utf-8")
+    vocab, ids = encode_file(path)
+    cache = ids_cache_path(path, sha256_file(path))
+    assert cache.parent == tmp_path and cache.is_file()
+    assert not list(tmp_path.glob("*.part"))
+
+    def no_encoding(*args):
+        raise AssertionError("encoded again instead of reading the cache")
+
+    monkeypatch.setattr(corpus, "_encode", no_encoding)
+    vocab2, ids2 = encode_file(path)
+    assert vocab2 == vocab and ids2.dtype == ids.dtype and np.array_equal(ids2, ids)
+
+
+def test_a_changed_corpus_gets_a_new_cache_and_the_old_one_goes(tmp_path, small_cache):
+    path = tmp_path / "corpus.txt"
+    path.write_text("first version of the text\n", encoding="utf-8")
+    encode_file(path)
+    old = ids_cache_path(path, sha256_file(path))
+    path.write_text("second, different version\n", encoding="utf-8")
+    vocab, ids = encode_file(path)
+    new = ids_cache_path(path, sha256_file(path))
+    assert new != old and new.is_file() and not old.exists()
+    assert vocab.decode(ids) == "second, different version\n"
+
+
+def test_a_read_only_corpus_directory_costs_only_the_cache(
+    tmp_path, small_cache, monkeypatch, caplog
+):
+    path = tmp_path / "corpus.txt"
+    path.write_text("some text to encode\n", encoding="utf-8")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(30, "Read-only file system")
+
+    monkeypatch.setattr(corpus.tempfile, "mkstemp", read_only)
+    with caplog.at_level(logging.INFO, logger="charrnn.corpus"):
+        vocab, ids = encode_file(path)
+    assert vocab.decode(ids) == "some text to encode\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+    assert "not caching" in caplog.text
+
+
+def test_a_damaged_cache_is_replaced(tmp_path, small_cache, caplog):
+    path = tmp_path / "corpus.txt"
+    path.write_text("text whose cache gets damaged\n", encoding="utf-8")
+    cache = ids_cache_path(path, sha256_file(path))
+    cache.write_bytes(b"PK\x03\x04 not really a zip file")
+    with caplog.at_level(logging.WARNING, logger="charrnn.corpus"):
+        vocab, ids = encode_file(path)
+    assert "unreadable ids cache" in caplog.text
+    assert vocab.decode(ids) == "text whose cache gets damaged\n"
+    _, ids2 = encode_file(path)  # the rewritten cache is good
+    assert np.array_equal(ids2, ids)
+
+
+def test_small_corpora_and_given_vocabularies_are_not_cached(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_text(2_000), encoding="utf-8")
+    vocab, _ = encode_file(path)  # under CACHE_MIN_BYTES
+    encode_file(path, vocab)
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]

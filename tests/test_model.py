@@ -1,0 +1,76 @@
+"""The network and its LightningModule: shapes, the ln(V) sanity check, learning, state carrying."""
+
+import math
+
+import pytest
+import torch
+
+from charrnn.errors import CharRNNError
+from charrnn.model import CharLM, CharRNN, detach_hidden
+
+VOCAB = "\n !,.:?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _module(cell="gru", **model):
+    settings = dict(cell=cell, embedding_dim=16, rnn_units=32, num_layers=2, dropout=0.1) | model
+    optimizer = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01}
+    return CharLM(vocab=VOCAB, model=settings, optimizer=optimizer)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_forward_shapes_and_hidden_state(cell):
+    net = CharRNN(60, cell, embedding_dim=8, rnn_units=16, num_layers=2)
+    logits, hidden = net(torch.randint(0, 60, (3, 7)))
+    assert logits.shape == (3, 7, 60)
+    h = hidden[0] if cell == "lstm" else hidden
+    assert h.shape == (2, 3, 16)
+    init = net.init_hidden(3)
+    assert (init[0] if cell == "lstm" else init).shape == (2, 3, 16)
+    assert not (detach_hidden(hidden)[0] if cell == "lstm" else detach_hidden(hidden)).requires_grad
+
+
+def test_bad_cell_names_the_allowed_values():
+    with pytest.raises(
+        CharRNNError, match="model.cell: 'rnn' .* choose one of \\['gru', 'lstm'\\]"
+    ):
+        CharRNN(10, "rnn")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_untrained_loss_is_close_to_log_vocab_size(cell):
+    torch.manual_seed(0)
+    module = _module(cell)
+    x = torch.randint(0, len(VOCAB), (8, 50))
+    loss_sum, count, _ = module._loss_sum((x, x.roll(-1, 1)), None)
+    loss = (loss_sum / count).item()
+    assert abs(loss - math.log(module.vocab.size)) < 0.1
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    module = _module(dropout=0.0)
+    optimizer = module.configure_optimizers()
+    x = torch.randint(0, len(VOCAB), (4, 30))
+    batch = (x, x.roll(-1, 1))
+    losses = []
+    for _ in range(150):
+        loss_sum, count, _ = module._loss_sum(batch, None)
+        loss = loss_sum / count
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_checkpointed_hyperparameters_are_plain_types():
+    module = _module()
+    plain = (str, int, float, bool, type(None))
+
+    def check(value):
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and check(v) for k, v in value.items())
+        return isinstance(value, plain)
+
+    assert check(dict(module.hparams))  # so torch.load(..., weights_only=True) can read them
+    assert module.hparams.vocab == VOCAB
