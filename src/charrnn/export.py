@@ -20,19 +20,18 @@ SUFFIX = ".pt"
 
 
 def save_generator(sampler: Sampler, out: Path, info: dict | None = None) -> Path:
-    """Saves the sampler's scripted generator to `out` through a temp file and a rename."""
+    """Saves the sampler's scripted generator to `out`: written to a temp file, reloaded and
+    checked to generate what the sampler generates, and only then renamed onto `out`."""
     extra = {"charrnn.json": json.dumps({"vocab": sampler.vocab.chars, **(info or {})})}
-    return replace_atomically(
-        out, lambda tmp: torch.jit.save(sampler.core, tmp, _extra_files=extra)
-    )
+    prompt = sampler.vocab.chars[0]
 
+    def write(tmp: str) -> None:
+        torch.jit.save(sampler.core, tmp, _extra_files=extra)
+        expected = sampler.generate(prompt, 64, 1.0, 0, 2, seed_generator(0))
+        if torch.jit.load(tmp, map_location="cpu")(prompt, 64, 1.0, 0, 2, 0) != expected:
+            raise CharRNNError(f"out: the file written for {out} does not reproduce the sampler")
 
-def check_roundtrip(sampler: Sampler, out: Path, prompt: str) -> None:
-    """Reloads the file and checks it generates what the sampler generates (seeded, sampled)."""
-    loaded = torch.jit.load(str(out), map_location="cpu")
-    expected = sampler.generate(prompt, 64, 1.0, 0, 2, seed_generator(0))
-    if loaded(prompt, 64, 1.0, 0, 2, 0) != expected:
-        raise CharRNNError(f"out: {out} was written but does not reproduce the sampler's text")
+    return replace_atomically(out, write)
 
 
 def _check_out(value) -> Path:
@@ -45,7 +44,7 @@ def _check_out(value) -> Path:
 
 
 def export(cfg: DictConfig) -> Path:
-    """Runs the command: checkpoint → scripted generator file, verified by reloading it."""
+    """Runs the command: checkpoint → scripted generator file, verified before it lands."""
     out = _check_out(cfg.out)
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)
@@ -53,8 +52,6 @@ def export(cfg: DictConfig) -> Path:
     sampler = Sampler(trained.net, vocab)
     info = {"model": trained.hparams["model"], "checkpoint": str(path)}
     save_generator(sampler, out, info)
-    prompt = vocab.chars[0]
-    check_roundtrip(sampler, out, prompt)
     size = out.stat().st_size
     print(f"{path} -> {out} ({size:,} bytes); load it with torch.jit.load", file=sys.stderr)
     return out

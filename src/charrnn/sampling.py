@@ -124,28 +124,31 @@ class StepGenerator(nn.Module):
         h = state[layer]
         slot = (2 if self.lstm else 1) * layers + layer  # hh = h @ W_hh + b_hh, from last step
         hh = state[slot]
-        if self.lstm:
-            gates = hh + x  # i f g o
-            act = torch.sigmoid(gates)
-            g = torch.tanh(gates[:, 2 * size : 3 * size])
-            c = torch.addcmul(act[:, size : 2 * size] * state[layers + layer], act[:, :size], g)
-            h = act[:, 3 * size :] * torch.tanh(c)
+        if self.lstm:  # (split/chunk/narrow: one op for several views, unlike x[:, a:b])
+            gates = hh + x
+            i, f, _, o = torch.sigmoid(gates).chunk(4, 1)
+            g = torch.tanh(gates.narrow(1, 2 * size, size))
+            c = torch.addcmul(f * state[layers + layer], i, g)
+            h = o * torch.tanh(c)
             state[layers + layer] = c
-        else:  # r z n
-            rz = torch.sigmoid(x[:, : 2 * size] + hh[:, : 2 * size])
-            n = torch.tanh(torch.addcmul(x[:, 2 * size :], rz[:, :size], hh[:, 2 * size :]))
-            h = torch.lerp(n, h, rz[:, size:])  # (1 - z) * n + z * h
+        else:
+            x_rz, x_n = x.split([2 * size, size], 1)
+            hh_rz, hh_n = hh.split([2 * size, size], 1)
+            r, z = torch.sigmoid(x_rz + hh_rz).chunk(2, 1)
+            n = torch.tanh(torch.addcmul(x_n, r, hh_n))
+            h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
         state[layer] = h
         out = self._product(self.read_bias[layer], h, self.reads[layer])
-        state[slot] = out[:, : self.gates]
-        return out[:, self.gates :]
+        hh, feeds = out.split([self.gates, out.shape[1] - self.gates], 1)
+        state[slot] = hh
+        return feeds
 
     def _logits(self, ids: Tensor, state: list[Tensor]) -> Tensor:
         """Feeds ids [B] through every layer; logits [B, known chars] of the next character."""
         x = self.table.index_select(0, ids)
         for layer in range(self.num_layers):
             x = self._cell(layer, x, state)
-        return x[:, : self.known]
+        return x.narrow(1, 0, self.known)
 
     @torch.jit.export
     def start(self, ids: Tensor, num_samples: int) -> tuple[list[Tensor], Tensor]:
