@@ -1,8 +1,9 @@
 """`make bench`: how fast charrnn trains, samples, reads data and starts, side by side.
 
-Each comparison runs interleaved in one process (A B A B ...), so a busy machine slows both sides
-alike: the ratios are the figures to quote. Prints one table and writes bench/results.json with
-min/median/max of every figure over its repeats, the torch version, thread count and CPU model.
+Both sides of each comparison run interleaved (A B A B ...: training step by step, with the
+hand-written loop in a process of its own), so a busy machine slows both alike and the ratios are
+the figures to quote. Prints one table and writes bench/results.json with min/median/max of every
+figure over its repeats, the torch version, thread count and CPU model.
 
     python bench/run.py             # full, < 15 min
     python bench/run.py --quick     # < 3 min
@@ -75,6 +76,7 @@ MULTIBYTE = "éü—…€😀"  # 2-, 3- and 4-byte UTF-8, mixed into the scale
 
 
 def stats(values) -> dict:
+    """min/median/max over repeats (on a shared machine noise only slows: min is the best case)."""
     values = [float(v) for v in values]
     return {
         "min": min(values),
