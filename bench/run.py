@@ -125,36 +125,49 @@ def timed(fn, *args, **kwargs) -> float:
 # ---------------------------------------------------------------------------------------- machine
 
 
-def machine_section(plan: Plan, smoke: bool) -> dict:
-    """The fp32 matmul peak and the read bandwidth from cache and from memory, measured here."""
-    n = plan.matmul_size
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    gflops = [2 * n**3 / timed(lambda: torch.mm(a, b)) / 1e9 for _ in range(3 if smoke else 10)]
+class Machine:
+    """The fp32 matmul peak and the read bandwidths, probed at the start and again between runs.
 
-    def read_gbps(rows: int, cols: int, calls: int, repeats: int) -> list[float]:
-        """Bytes read per second by the fastest of a few one-pass kernels, for each repeat."""
-        w, x = torch.randn(rows, cols), torch.randn(cols)
-        flat = w.view(-1)
-        kernels = (lambda: torch.mv(w, x), lambda: w.sum(), lambda: torch.dot(flat, flat))
-        for kernel in kernels:
-            kernel()
+    A busy moment only lowers a probe, so the best probe so far is taken as the machine's limit.
+    """
 
-        def seconds(kernel) -> float:
-            return timed(lambda: [kernel() for _ in range(calls)])
+    def __init__(self, plan: Plan, smoke: bool):
+        n = self.size = plan.matmul_size
+        self.a, self.b = torch.randn(n, n), torch.randn(n, n)
+        self.calls = 10 if smoke else 50
+        self.recurrent = torch.randn(3072, 1024)  # GRU-1024's recurrent weights: 12.6 MB, in cache
+        self.samples = {"matmul_gflops": [], "cache_read_gbps": [], "memory_read_gbps": []}
+        # 256 MB does not fit in any cache
+        big = torch.randn(256, 1024) if smoke else torch.randn(16384, 4096)
+        self.samples["memory_read_gbps"] = [_read_gbps(big, 2) for _ in range(2 if smoke else 5)]
+        self.probe(3 if smoke else 10)
 
-        bytes_read = calls * w.numel() * 4
-        return [bytes_read / min(map(seconds, kernels)) / 1e9 for _ in range(repeats)]
+    def probe(self, repeats: int = 2) -> None:
+        for _ in range(repeats):
+            seconds = timed(torch.mm, self.a, self.b)
+            self.samples["matmul_gflops"].append(2 * self.size**3 / seconds / 1e9)
+            self.samples["cache_read_gbps"].append(_read_gbps(self.recurrent, self.calls))
 
-    # a 12.6 MB matrix (GRU-1024's recurrent weights) stays in cache; a 256 MB one does not
-    cache = read_gbps(3072, 1024, 10 if smoke else 50, 3 if smoke else 7)
-    memory = read_gbps(256, 1024, 2, 2) if smoke else read_gbps(16384, 4096, 2, 5)
-    return {
-        "matmul_gflops": stats(gflops),
-        "cache_read_gbps": stats(cache),
-        "memory_read_gbps": stats(memory),
-        "matmul_size": n,
-    }
+    @property
+    def peak_gflops(self) -> float:
+        return max(self.samples["matmul_gflops"])
+
+    @property
+    def cache_gbps(self) -> float:
+        return max(self.samples["cache_read_gbps"])
+
+    def results(self) -> dict:
+        return {**{k: stats(v) for k, v in self.samples.items()}, "matmul_size": self.size}
+
+
+def _read_gbps(w: torch.Tensor, calls: int) -> float:
+    """GB/s read by the fastest of a few one-pass kernels over `w`."""
+    x, flat = torch.randn(w.shape[1]), w.view(-1)
+    kernels = (lambda: torch.mv(w, x), lambda: w.sum(), lambda: torch.dot(flat, flat))
+    for kernel in kernels:
+        kernel()
+    best = min(timed(lambda k=kernel: [k() for _ in range(calls)]) for kernel in kernels)
+    return calls * w.numel() * 4 / best / 1e9
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -306,7 +319,7 @@ def child_env(*extra: Path) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)))
 
 
-def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -> dict:
+def train_section(plan: Plan, corpus: Path, workdir: Path, machine: Machine) -> dict:
     from charrnn.corpus import encode_file
     from charrnn.data import split_ids
 
@@ -332,6 +345,7 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -
     ratios = {key: [] for key in steps}
     for r in range(plan.rounds):
         for (cell, name), overrides in variants.items():
+            machine.probe()
             ours, theirs = lightning_paired(
                 overrides, plan, workdir / f"{cell}-{name}-{r}", loops[cell]
             )
@@ -359,7 +373,7 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -
         row = {
             "step_s": stats(seconds),
             "chars_per_s": stats(chars / s for s in seconds),
-            "mfu": stats(flops / s / 1e9 / peak_gflops for s in seconds),
+            "mfu": stats(flops / s / 1e9 / machine.peak_gflops for s in seconds),
             # loop step / our step, pair by pair: > 1 means faster than the hand-written loop
             "speed_vs_loop": stats(ratios[(cell, name)]),
         }
@@ -385,15 +399,13 @@ def naive_generate(net, vocab, prompt: str, length: int, num_samples: int, gener
         logits, hidden = net(nxt, hidden)
 
 
-def generate_section(plan: Plan, corpus: Path, machine: dict) -> dict:
+def generate_section(plan: Plan, corpus: Path, machine: Machine) -> dict:
     from charrnn.corpus import encode_file
     from charrnn.model import CharRNN
     from charrnn.sampling import Sampler
 
     vocab, _ = encode_file(corpus, cache=False)
     e, h, v = plan.embedding_dim, plan.rnn_units, vocab.size
-    peak = machine["matmul_gflops"]["max"] * 1e9
-    cache_bw = machine["cache_read_gbps"]["max"] * 1e9
     result = {"length": plan.gen_length, "prompt": "ROMEO:"}
     for cell in ("gru", "lstm"):
         torch.manual_seed(0)
@@ -405,6 +417,7 @@ def generate_section(plan: Plan, corpus: Path, machine: dict) -> dict:
         weight_bytes = 4 * (gates * h * h + h * v)
         flops_per_char = 2 * (gates * h * h + h * v)
         for batch in (1, 5):
+            machine.probe()
             runs = {"sampler": [], "loop": []}
             for r in range(plan.gen_rounds):
                 order = ("sampler", "loop") if r % 2 == 0 else ("loop", "sampler")
@@ -432,6 +445,7 @@ def generate_section(plan: Plan, corpus: Path, machine: dict) -> dict:
                             generator,
                         )
                     runs[name].append(batch * plan.gen_length / seconds)
+            peak, cache_bw = machine.peak_gflops * 1e9, machine.cache_gbps * 1e9
             bound = min(batch * cache_bw / weight_bytes, peak / flops_per_char)
             print(
                 f"  generate {cell} batch {batch}: sampler {median(runs['sampler']):,.0f} "
@@ -614,10 +628,13 @@ def table(results: dict) -> str:
     )
     if "machine" in results:
         m = results["machine"]
+        best = {k: m[k]["max"] for k in ("matmul_gflops", "cache_read_gbps", "memory_read_gbps")}
         lines.append(
-            f"machine: fp32 matmul {fmt(m, 'matmul_gflops')} GFLOP/s "
-            f"({m['matmul_size']}² torch.mm); read {fmt(m, 'cache_read_gbps')} GB/s from "
-            f"cache, {fmt(m, 'memory_read_gbps')} GB/s from memory"
+            f"machine, best of {m['matmul_gflops']['n']} probes through the run (the limits used "
+            f"below): fp32 matmul {best['matmul_gflops']:.0f} GFLOP/s ({m['matmul_size']}² "
+            f"torch.mm, median {m['matmul_gflops']['median']:.0f}); reads "
+            f"{best['cache_read_gbps']:.0f} GB/s from cache (12.6 MB), "
+            f"{best['memory_read_gbps']:.0f} GB/s from memory (256 MB)"
         )
     if "train" in results:
         t = results["train"]
@@ -757,12 +774,13 @@ def main(argv=None) -> int:
             corpus = corpus_file(args.corpus)
         text = corpus.read_text(encoding="utf-8")
         if {"machine", "train", "generate"} & set(sections):
-            results["machine"] = machine_section(plan, args.smoke)
+            machine = Machine(plan, args.smoke)
         if "train" in sections:
-            peak = results["machine"]["matmul_gflops"]["max"]
-            results["train"] = train_section(plan, corpus, workdir, peak)
+            results["train"] = train_section(plan, corpus, workdir, machine)
         if "generate" in sections:
-            results["generate"] = generate_section(plan, corpus, results["machine"])
+            results["generate"] = generate_section(plan, corpus, machine)
+        if {"machine", "train", "generate"} & set(sections):
+            results["machine"] = machine.results()
         if "scale" in sections:
             results["scale"] = scale_section(plan, text, workdir)
         if "startup" in sections:
