@@ -64,7 +64,7 @@ PLANS = {
     "full": Plan(**TUTORIAL, rounds=2, warmup=2, steps=8, gen_length=1000, gen_rounds=3,
                  scale_mb=(1, 10, 100), naive_mb=(1, 10, 100), scale_rounds=3,
                  startup_rounds=3, matmul_size=2048),
-    "quick": Plan(**TUTORIAL, rounds=1, warmup=2, steps=4, gen_length=1000, gen_rounds=2,
+    "quick": Plan(**TUTORIAL, rounds=1, warmup=2, steps=6, gen_length=1000, gen_rounds=2,
                   scale_mb=(1, 10, 100), naive_mb=(1, 10), scale_rounds=2,
                   startup_rounds=2, matmul_size=2048),
     "smoke": Plan(embedding_dim=16, rnn_units=32, batch_size=8, seq_length=16, rounds=1,
