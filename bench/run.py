@@ -1,8 +1,9 @@
 """`make bench`: how fast charrnn trains, samples, reads data and starts, side by side.
 
-Each comparison runs interleaved in one process (A B A B ...), so a busy machine slows both sides
-alike: the ratios are the figures to quote. Prints one table and writes bench/results.json with
-min/median/max of every figure over its repeats, the torch version, thread count and CPU model.
+Both sides of each comparison run interleaved (A B A B ...: training step by step, with the
+hand-written loop in a process of its own), so a busy machine slows both alike and the ratios are
+the figures to quote. Prints one table and writes bench/results.json with min/median/max of every
+figure over its repeats, the torch version, thread count and CPU model.
 
     python bench/run.py             # full, < 15 min
     python bench/run.py --quick     # < 3 min
@@ -63,7 +64,7 @@ PLANS = {
     "full": Plan(**TUTORIAL, rounds=2, warmup=2, steps=8, gen_length=1000, gen_rounds=3,
                  scale_mb=(1, 10, 100), naive_mb=(1, 10, 100), scale_rounds=3,
                  startup_rounds=3, matmul_size=2048),
-    "quick": Plan(**TUTORIAL, rounds=1, warmup=2, steps=4, gen_length=1000, gen_rounds=2,
+    "quick": Plan(**TUTORIAL, rounds=1, warmup=2, steps=6, gen_length=1000, gen_rounds=2,
                   scale_mb=(1, 10, 100), naive_mb=(1, 10), scale_rounds=2,
                   startup_rounds=2, matmul_size=2048),
     "smoke": Plan(embedding_dim=16, rnn_units=32, batch_size=8, seq_length=16, rounds=1,
@@ -75,6 +76,7 @@ MULTIBYTE = "éü—…€😀"  # 2-, 3- and 4-byte UTF-8, mixed into the scale
 
 
 def stats(values) -> dict:
+    """min/median/max over repeats (on a shared machine noise only slows: min is the best case)."""
     values = [float(v) for v in values]
     return {
         "min": min(values),
@@ -123,36 +125,49 @@ def timed(fn, *args, **kwargs) -> float:
 # ---------------------------------------------------------------------------------------- machine
 
 
-def machine_section(plan: Plan, smoke: bool) -> dict:
-    """The fp32 matmul peak and the read bandwidth from cache and from memory, measured here."""
-    n = plan.matmul_size
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    gflops = [2 * n**3 / timed(lambda: torch.mm(a, b)) / 1e9 for _ in range(3 if smoke else 10)]
+class Machine:
+    """The fp32 matmul peak and the read bandwidths, probed at the start and again between runs.
 
-    def read_gbps(rows: int, cols: int, calls: int, repeats: int) -> list[float]:
-        """Bytes read per second by the fastest of a few one-pass kernels, for each repeat."""
-        w, x = torch.randn(rows, cols), torch.randn(cols)
-        flat = w.view(-1)
-        kernels = (lambda: torch.mv(w, x), lambda: w.sum(), lambda: torch.dot(flat, flat))
-        for kernel in kernels:
-            kernel()
+    A busy moment only lowers a probe, so the best probe so far is taken as the machine's limit.
+    """
 
-        def seconds(kernel) -> float:
-            return timed(lambda: [kernel() for _ in range(calls)])
+    def __init__(self, plan: Plan, smoke: bool):
+        n = self.size = plan.matmul_size
+        self.a, self.b = torch.randn(n, n), torch.randn(n, n)
+        self.calls = 10 if smoke else 50
+        self.recurrent = torch.randn(3072, 1024)  # GRU-1024's recurrent weights: 12.6 MB, in cache
+        self.samples = {"matmul_gflops": [], "cache_read_gbps": [], "memory_read_gbps": []}
+        # 256 MB does not fit in any cache
+        big = torch.randn(256, 1024) if smoke else torch.randn(16384, 4096)
+        self.samples["memory_read_gbps"] = [_read_gbps(big, 2) for _ in range(2 if smoke else 5)]
+        self.probe(3 if smoke else 10)
 
-        bytes_read = calls * w.numel() * 4
-        return [bytes_read / min(map(seconds, kernels)) / 1e9 for _ in range(repeats)]
+    def probe(self, repeats: int = 2) -> None:
+        for _ in range(repeats):
+            seconds = timed(torch.mm, self.a, self.b)
+            self.samples["matmul_gflops"].append(2 * self.size**3 / seconds / 1e9)
+            self.samples["cache_read_gbps"].append(_read_gbps(self.recurrent, self.calls))
 
-    # a 12.6 MB matrix (GRU-1024's recurrent weights) stays in cache; a 256 MB one does not
-    cache = read_gbps(3072, 1024, 10 if smoke else 50, 3 if smoke else 7)
-    memory = read_gbps(256, 1024, 2, 2) if smoke else read_gbps(16384, 4096, 2, 5)
-    return {
-        "matmul_gflops": stats(gflops),
-        "cache_read_gbps": stats(cache),
-        "memory_read_gbps": stats(memory),
-        "matmul_size": n,
-    }
+    @property
+    def peak_gflops(self) -> float:
+        return max(self.samples["matmul_gflops"])
+
+    @property
+    def cache_gbps(self) -> float:
+        return max(self.samples["cache_read_gbps"])
+
+    def results(self) -> dict:
+        return {**{k: stats(v) for k, v in self.samples.items()}, "matmul_size": self.size}
+
+
+def _read_gbps(w: torch.Tensor, calls: int) -> float:
+    """GB/s read by the fastest of a few one-pass kernels over `w`."""
+    x, flat = torch.randn(w.shape[1]), w.view(-1)
+    kernels = (lambda: torch.mv(w, x), lambda: w.sum(), lambda: torch.dot(flat, flat))
+    for kernel in kernels:
+        kernel()
+    best = min(timed(lambda k=kernel: [k() for _ in range(calls)]) for kernel in kernels)
+    return calls * w.numel() * 4 / best / 1e9
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -286,7 +301,7 @@ def child_env(*extra: Path) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)))
 
 
-def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -> dict:
+def train_section(plan: Plan, corpus: Path, workdir: Path, machine: Machine) -> dict:
     from charrnn.corpus import encode_file
     from charrnn.data import split_ids
 
@@ -312,6 +327,7 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -
     ratios = {key: [] for key in steps}
     for r in range(plan.rounds):
         for (cell, name), overrides in variants.items():
+            machine.probe()
             ours, theirs = lightning_paired(
                 overrides, plan, workdir / f"{cell}-{name}-{r}", loops[cell]
             )
@@ -339,7 +355,7 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, peak_gflops: float) -
         row = {
             "step_s": stats(seconds),
             "chars_per_s": stats(chars / s for s in seconds),
-            "mfu": stats(flops / s / 1e9 / peak_gflops for s in seconds),
+            "mfu": stats(flops / s / 1e9 / machine.peak_gflops for s in seconds),
             # loop step / our step, pair by pair: > 1 means faster than the hand-written loop
             "speed_vs_loop": stats(ratios[(cell, name)]),
         }
@@ -365,15 +381,13 @@ def naive_generate(net, vocab, prompt: str, length: int, num_samples: int, gener
         logits, hidden = net(nxt, hidden)
 
 
-def generate_section(plan: Plan, corpus: Path, machine: dict) -> dict:
+def generate_section(plan: Plan, corpus: Path, machine: Machine) -> dict:
     from charrnn.corpus import encode_file
     from charrnn.model import CharRNN
     from charrnn.sampling import Sampler
 
     vocab, _ = encode_file(corpus, cache=False)
     e, h, v = plan.embedding_dim, plan.rnn_units, vocab.size
-    peak = machine["matmul_gflops"]["max"] * 1e9
-    cache_bw = machine["cache_read_gbps"]["max"] * 1e9
     result = {"length": plan.gen_length, "prompt": "ROMEO:"}
     for cell in ("gru", "lstm"):
         torch.manual_seed(0)
@@ -385,6 +399,7 @@ def generate_section(plan: Plan, corpus: Path, machine: dict) -> dict:
         weight_bytes = 4 * (gates * h * h + h * v)
         flops_per_char = 2 * (gates * h * h + h * v)
         for batch in (1, 5):
+            machine.probe()
             runs = {"sampler": [], "loop": []}
             for r in range(plan.gen_rounds):
                 order = ("sampler", "loop") if r % 2 == 0 else ("loop", "sampler")
@@ -412,6 +427,7 @@ def generate_section(plan: Plan, corpus: Path, machine: dict) -> dict:
                             generator,
                         )
                     runs[name].append(batch * plan.gen_length / seconds)
+            peak, cache_bw = machine.peak_gflops * 1e9, machine.cache_gbps * 1e9
             bound = min(batch * cache_bw / weight_bytes, peak / flops_per_char)
             print(
                 f"  generate {cell} batch {batch}: sampler {median(runs['sampler']):,.0f} "
@@ -519,14 +535,11 @@ def scale_section(plan: Plan, text: str, workdir: Path) -> dict:
 # ---------------------------------------------------------------------------------------- startup
 
 
-IMPORTS = {  # what each entry point pays before doing anything; torch and lightning for scale
-    "python": "pass",
-    "torch": "import torch",
-    "lightning": "import lightning",
-    "charrnn": "import charrnn",
-    "charrnn.sampling": "import charrnn.sampling",
-    "charrnn.training": "import charrnn.training",
-}
+IMPORTS = ("torch", "lightning", "charrnn", "charrnn.sampling", "charrnn.training")  # torch and
+# lightning for scale: what each entry point pays before it does anything
+IMPORT_CHILD = "import sys, time; t = time.perf_counter(); __import__(sys.argv[1]); " + (
+    "print(time.perf_counter() - t)"
+)
 
 
 def startup_section(plan: Plan, corpus: Path, workdir: Path) -> dict:
@@ -534,18 +547,18 @@ def startup_section(plan: Plan, corpus: Path, workdir: Path) -> dict:
     env = child_env(ROOT / "bench")  # bench/ for first_step.FirstStepClock
     train_py = ROOT / "src" / "train.py"
     imports = {name: [] for name in IMPORTS}
-    first_step, whole = [], []
+    python, first_step, whole = [], [], []
     for r in range(plan.startup_rounds):
-        for name, code in IMPORTS.items():
-            imports[name].append(
-                timed(
-                    subprocess.run,
-                    [sys.executable, "-c", code],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                )
+        python.append(timed(subprocess.run, [sys.executable, "-c", "pass"], check=True))
+        for name in IMPORTS:  # timed inside the child: interpreter start and exit not included
+            done = subprocess.run(
+                [sys.executable, "-c", IMPORT_CHILD, name],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
             )
+            imports[name].append(float(done.stdout))
         marker = workdir / f"first-step-{r}"
         command = [
             sys.executable,
@@ -566,14 +579,13 @@ def startup_section(plan: Plan, corpus: Path, workdir: Path) -> dict:
         )
         whole.append(time.time() - launched)
         first_step.append(float(marker.read_text()) - launched)
-    python = imports.pop("python")
     result = {
         "python_s": stats(python),
         "first_step_s": stats(first_step),
         "one_step_run_s": stats(whole),
     }
     for name, values in imports.items():
-        result[f"import_{name}_s"] = stats(v - p for v, p in zip(values, python, strict=True))
+        result[f"import_{name}_s"] = stats(values)
     print(f"  start-up: first step after {median(first_step):.2f} s", flush=True)
     return result
 
@@ -594,10 +606,13 @@ def table(results: dict) -> str:
     )
     if "machine" in results:
         m = results["machine"]
+        best = {k: m[k]["max"] for k in ("matmul_gflops", "cache_read_gbps", "memory_read_gbps")}
         lines.append(
-            f"machine: fp32 matmul {fmt(m, 'matmul_gflops')} GFLOP/s "
-            f"({m['matmul_size']}² torch.mm); read {fmt(m, 'cache_read_gbps')} GB/s from "
-            f"cache, {fmt(m, 'memory_read_gbps')} GB/s from memory"
+            f"machine, best of {m['matmul_gflops']['n']} probes through the run (the limits used "
+            f"below): fp32 matmul {best['matmul_gflops']:.0f} GFLOP/s ({m['matmul_size']}² "
+            f"torch.mm, median {m['matmul_gflops']['median']:.0f}); reads "
+            f"{best['cache_read_gbps']:.0f} GB/s from cache (12.6 MB), "
+            f"{best['memory_read_gbps']:.0f} GB/s from memory (256 MB)"
         )
     if "train" in results:
         t = results["train"]
@@ -672,11 +687,9 @@ def table(results: dict) -> str:
             f"{fmt(s, 'first_step_s', '.2f')} s "
             f"(the whole one-step run: {fmt(s, 'one_step_run_s', '.2f')} s)"
         )
-        imports = ", ".join(
-            f"{name} {fmt(s, f'import_{name}_s', '.2f')}" for name in list(IMPORTS)[1:]
-        )
+        imports = ", ".join(f"{name} {fmt(s, f'import_{name}_s', '.2f')}" for name in IMPORTS)
         lines.append(
-            f"  import seconds, beyond python's own {s['python_s']['median']:.2f} s: {imports}"
+            f"  python starts and exits in {s['python_s']['median']:.2f} s; imports, s: {imports}"
         )
     return "\n".join(lines)
 
@@ -737,12 +750,13 @@ def main(argv=None) -> int:
             corpus = corpus_file(args.corpus)
         text = corpus.read_text(encoding="utf-8")
         if {"machine", "train", "generate"} & set(sections):
-            results["machine"] = machine_section(plan, args.smoke)
+            machine = Machine(plan, args.smoke)
         if "train" in sections:
-            peak = results["machine"]["matmul_gflops"]["max"]
-            results["train"] = train_section(plan, corpus, workdir, peak)
+            results["train"] = train_section(plan, corpus, workdir, machine)
         if "generate" in sections:
-            results["generate"] = generate_section(plan, corpus, results["machine"])
+            results["generate"] = generate_section(plan, corpus, machine)
+        if {"machine", "train", "generate"} & set(sections):
+            results["machine"] = machine.results()
         if "scale" in sections:
             results["scale"] = scale_section(plan, text, workdir)
         if "startup" in sections:
