@@ -10,7 +10,7 @@ from torch import nn
 
 from charrnn.config import IMPLS
 from charrnn.errors import CharRNNError
-from charrnn.gru import FusedGRU
+from charrnn.fused_gru import FusedGRU
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 

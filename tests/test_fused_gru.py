@@ -7,7 +7,7 @@ from torch import nn
 
 from charrnn.config import validate_train
 from charrnn.errors import CharRNNError
-from charrnn.gru import FusedGRU
+from charrnn.fused_gru import FusedGRU
 from charrnn.model import CharRNN
 
 
