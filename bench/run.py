@@ -192,8 +192,7 @@ def lightning_paired(overrides: list[str], plan: Plan, run_dir: Path, loop: Hand
     """
     import lightning as L
 
-    from charrnn.config import compose_train
-    from charrnn.training import build
+    from charrnn.run.train import build
 
     # validation is off here, so the checkpoint callback cannot find val/loss: expected, not news
     warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
@@ -219,6 +218,25 @@ def lightning_paired(overrides: list[str], plan: Plan, run_dir: Path, loop: Hand
     trainer.callbacks.append(pairs)
     trainer.fit(module, datamodule=datamodule)
     return pairs.ours[plan.warmup - 1 :], pairs.theirs[plan.warmup :]
+
+
+def compose_train(run_dir: Path, *overrides: str):
+    """The real train config with `overrides`, as src/train.py's Hydra app gives it to a run in
+    run_dir (tests/conftest.py has the same for the tests, which a script cannot import)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    import charrnn.run  # noqa: F401  (registers the config's resolvers)
+
+    with initialize_config_dir(config_dir=str(SRC.parent / "conf"), version_base="1.3"):
+        cfg = compose("train", [f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)
+        del cfg["hydra"]
+    return cfg
 
 
 class HandLoop:
@@ -268,7 +286,7 @@ class HandLoopProcess:
     """The hand-written loop in a process of its own, driven one step at a time over a pipe.
 
     Nothing this process sets up for our path (such as the allocator settings of
-    charrnn.training.build) can help it, and whichever side is not running waits on the pipe.
+    charrnn.run.train.build) can help it, and whichever side is not running waits on the pipe.
     """
 
     def __init__(self, cell: str, plan: Plan, ids_file: Path, vocab_size: int):
@@ -370,9 +388,9 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, machine: Machine) -> 
 
 
 def generate_section(plan: Plan, machine: Machine) -> dict:
-    """charrnn.sampling_speed's interleaved timing (our Sampler vs the tutorial's one-call-per-
+    """generation_speed's interleaved timing (our Sampler vs the tutorial's one-call-per-
     character loop over plain nn.GRU / nn.LSTM), set against the machine's limits."""
-    from charrnn.sampling_speed import SHAKESPEARE_CHARS, measure_generation
+    from generation_speed import SHAKESPEARE_CHARS, measure_generation
 
     e, h, v = plan.embedding_dim, plan.rnn_units, len(SHAKESPEARE_CHARS)
     result = {"length": plan.gen_length, "prompt": "ROMEO:"}
@@ -496,7 +514,7 @@ def scale_section(plan: Plan, text: str, workdir: Path) -> dict:
 # ---------------------------------------------------------------------------------------- startup
 
 
-IMPORTS = ("torch", "lightning", "charrnn", "charrnn.sampling", "charrnn.training")  # torch and
+IMPORTS = ("torch", "lightning", "charrnn", "charrnn.sampling", "charrnn.run.train")  # torch and
 # lightning for scale: what each entry point pays before it does anything
 IMPORT_CHILD = "import sys, time; t = time.perf_counter(); __import__(sys.argv[1]); " + (
     "print(time.perf_counter() - t)"

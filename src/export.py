@@ -3,17 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from charrnn.errors import CharRNNError, exit_with
+from charrnn.errors import run_command
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    from charrnn.export import export
+    from charrnn.run.export import export  # torch is imported here, after argument parsing
 
-    try:
-        export(cfg)
-    except CharRNNError as err:
-        exit_with(err)
+    run_command(export, cfg)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train a character-level RNN: `python src/train.py [group=option] [key=value] ...` (Hydra).
 
 `resume=last` (or a run dir, or its last.ckpt) continues a run in its own dir: it is turned into
-that run's overrides + ckpt_path + hydra.run.dir before Hydra starts (charrnn.resume.resume_argv).
+that run's overrides + ckpt_path + hydra.run.dir before Hydra starts (charrnn.run.resume).
 """
 
 import logging
@@ -14,28 +14,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from charrnn.config import validate_train
-from charrnn.errors import CharRNNError
-from charrnn.results import describe_error, is_rank_zero, update_result
+from charrnn.errors import CharRNNError, exit_with
+from charrnn.run.config import validate_train
+from charrnn.run.sweep import describe_error, is_rank_zero, update_result
 
 log = logging.getLogger("charrnn")
 
 
-def _fail(err: CharRNNError, printer) -> None:
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    printer(f"error: {err}")
-    sys.exit(1)
-
-
 def _train(cfg: DictConfig, run_dir: Path) -> float:
-    validate_train(cfg)  # a bad value fails here, before torch and Lightning are imported
-    if cfg.get("ckpt_path"):  # and a bad checkpoint file before Lightning is
-        from charrnn.resume import read_checkpoint
-
-        read_checkpoint(cfg.ckpt_path, mmap=True)
-    from charrnn.safety import TrainingStopped
-    from charrnn.training import train
+    validate_train(cfg)  # a bad value fails here, before Lightning is imported
+    from charrnn.run.guards import TrainingStopped
+    from charrnn.run.train import train
 
     try:
         return train(cfg, run_dir, list(HydraConfig.get().overrides.task))
@@ -67,15 +56,15 @@ def main(cfg: DictConfig) -> float | None:
             return None
         if not isinstance(err, CharRNNError):
             raise
-        _fail(err, log.error)
+        exit_with(err, log.error)
 
 
 if __name__ == "__main__":
     if any(arg.startswith("resume=") for arg in sys.argv[1:]):
-        from charrnn.resume import resume_argv
+        from charrnn.run.resume import resume_argv
 
         try:
             sys.argv = resume_argv(sys.argv)
         except CharRNNError as err:
-            _fail(err, lambda line: print(line, file=sys.stderr))
+            exit_with(err)
     main()

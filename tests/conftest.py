@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from charrnn.config import compose_train
+import charrnn.run  # noqa: F401  (registers the config's resolvers)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -41,9 +44,20 @@ def corpus(tmp_path: Path) -> Path:
     return path
 
 
-def train_config(run_dir: Path, *overrides: str):
-    """The real train config composed with `overrides`, as Hydra would give it to a run in run_dir."""
-    return compose_train(run_dir, *overrides)
+def train_config(run_dir: Path, *overrides: str) -> DictConfig:
+    """The real train config composed from conf/ with `overrides`, as @hydra.main would hand it to
+    a run whose output dir is `run_dir`."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True
+        )
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # a run sees its config without the hydra node, as under @hydra.main
+    return cfg
 
 
 TINY = ("size=tiny", "data.seq_length=20", "data.batch_size=16", "data.val_streams=4")
@@ -65,7 +79,7 @@ def run_cli(
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A working directory with one finished 1-epoch tiny run under outputs/runs/ (last + best)."""
-    from charrnn.training import train
+    from charrnn.run.train import train
 
     root = tmp_path_factory.mktemp("trained")
     corpus = root / "corpus.txt"

@@ -49,5 +49,5 @@ def test_smoke_run_writes_every_figure(tmp_path):
         assert row["chars"] > 0
     startup = results["startup"]
     assert _is_stats(startup["first_step_s"]) and startup["first_step_s"]["min"] > 0
-    assert _is_stats(startup["import_charrnn.training_s"])
+    assert _is_stats(startup["import_charrnn.run.train_s"])
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # nothing else left here

@@ -7,8 +7,8 @@ from conftest import CONF
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from charrnn.config import validate_train
 from charrnn.errors import CharRNNError
+from charrnn.run.config import validate_train
 
 
 def _options(group: str) -> list[str]:

@@ -8,9 +8,9 @@ import pytest
 from conftest import run_cli
 from omegaconf import OmegaConf
 
-from charrnn.checkpoint import load, resolve
 from charrnn.errors import CharRNNError
-from charrnn.export import export
+from charrnn.run.checkpoints import load, resolve
+from charrnn.run.export import export
 from charrnn.sampling import Sampler, seed_generator
 
 # Runs in `python -I` (no user site, no cwd on the path) with charrnn hidden even from the

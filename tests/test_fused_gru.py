@@ -5,10 +5,10 @@ import torch
 from conftest import TINY, train_config
 from torch import nn
 
-from charrnn.config import validate_train
 from charrnn.errors import CharRNNError
 from charrnn.fused_gru import FusedGRU
-from charrnn.model import CharRNN
+from charrnn.net import CharRNN
+from charrnn.run.config import validate_train
 
 
 def _pair(layers: int, batch_first: bool, dtype=torch.float64, dropout: float = 0.0):
@@ -131,10 +131,6 @@ def test_charrnn_impl_chooses_the_layer_and_checkpoints_move_between_them():
         grads_p = torch.autograd.grad(logits_p.logsumexp(-1).sum(), list(plain.parameters()))
         for g_a, g_p in zip(grads_a, grads_p, strict=True):
             torch.testing.assert_close(g_a, g_p)
-    with pytest.raises(CharRNNError, match="model.impl"):
-        CharRNN(10, "lstm", 8, 16, impl="fused")
-    with pytest.raises(CharRNNError, match="model.impl"):
-        CharRNN(10, "gru", 8, 16, impl="cudnn")
 
 
 @pytest.mark.parametrize(

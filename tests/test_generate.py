@@ -11,11 +11,11 @@ import torch
 from conftest import ROOT, run_cli
 from omegaconf import OmegaConf
 
-from charrnn.checkpoint import load, resolve
 from charrnn.errors import CharRNNError
-from charrnn.generation import clean_prompt, generate
 from charrnn.net import CharRNN
-from charrnn.sampling import Sampler, seed_generator
+from charrnn.run.checkpoints import load, resolve
+from charrnn.run.generate import generate
+from charrnn.sampling import Sampler, clean_prompt, seed_generator
 
 RUN = Path("outputs/runs/2000-01-01_00-00-00-000000/checkpoints")
 
@@ -58,7 +58,7 @@ def test_last_and_best_resolve_to_the_newest_run(tmp_path):
     with pytest.raises(CharRNNError, match="has no last checkpoint"):
         resolve("last", outputs)
     with pytest.raises(CharRNNError, match="does not exist"):
-        resolve(str(tmp_path / "nope.ckpt"), outputs)
+        load(resolve(str(tmp_path / "nope.ckpt"), outputs))
 
 
 def test_load_rebuilds_the_trained_network_and_vocabulary(trained_run):
@@ -209,7 +209,7 @@ def test_unknown_prompt_characters_can_be_dropped_or_replaced(trained_run):
 
 def test_generate_and_export_do_not_import_lightning():
     code = (
-        "import sys, charrnn.generation, charrnn.export; "
+        "import sys, charrnn.run.generate, charrnn.run.export; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('lightning', 'pytorch_lightning')))"
     )

@@ -7,6 +7,7 @@ import pytest
 from conftest import make_text
 
 import charrnn.corpus as corpus
+import charrnn.files as files
 from charrnn.corpus import encode_file, ids_cache_path, sha256_file
 
 MIXED = "é—😀ü€"  # 2-, 3- and 4-byte UTF-8
@@ -72,7 +73,7 @@ def test_a_read_only_corpus_directory_costs_only_the_cache(
     def read_only(*args, **kwargs):
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr(corpus.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)  # root ignores chmod
     with caplog.at_level(logging.INFO, logger="charrnn.corpus"):
         vocab, ids = encode_file(path)
     assert vocab.decode(ids) == "some text to encode\n"

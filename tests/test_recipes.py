@@ -7,8 +7,8 @@ import torch
 from conftest import TINY, train_config
 
 from charrnn.model import CharLM
+from charrnn.run.train import build
 from charrnn.schedules import WarmupCosine
-from charrnn.training import build
 
 VOCAB = "abcdefgh"
 OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01}

@@ -19,9 +19,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from charrnn.data import CharDataModule
 from charrnn.errors import CharRNNError
-from charrnn.resume import merge_overrides, read_checkpoint, resume_argv
-from charrnn.safety import AtomicCheckpointIO
-from charrnn.training import train
+from charrnn.run.checkpoints import read_checkpoint
+from charrnn.run.guards import AtomicCheckpointIO
+from charrnn.run.resume import merge_overrides, resume_argv
+from charrnn.run.train import train
 
 STEPS_PER_EPOCH = 16  # make_text(6000): 5400 train chars -> 269 windows of 20 -> 16 batches of 16
 QUIET = (
@@ -400,7 +401,7 @@ def test_atomic_save_survives_a_kill_at_any_moment(tmp_path):
     """A process rewriting a 16 MB checkpoint in a loop is SIGKILLed: the file always loads."""
     script = (
         "import sys, torch\n"
-        "from charrnn.safety import AtomicCheckpointIO\n"
+        "from charrnn.run.guards import AtomicCheckpointIO\n"
         "io = AtomicCheckpointIO()\n"
         "for i in range(10**6):\n"
         "    io.save_checkpoint({'state_dict': {'w': torch.full((4 << 20,), float(i))},"
@@ -417,7 +418,7 @@ def test_atomic_save_survives_a_kill_at_any_moment(tmp_path):
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        loaded = read_checkpoint(path)
+        loaded = read_checkpoint(path, ours=False)
         assert torch.equal(loaded["state_dict"]["w"], torch.full((4 << 20,), float(loaded["i"])))
 
 
@@ -433,5 +434,5 @@ def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatc
     monkeypatch.setattr(torch, "save", broken)
     with pytest.raises(OSError, match="disk full"):
         io.save_checkpoint({"state_dict": {}, "hyper_parameters": {"vocab": "ab"}, "i": 2}, path)
-    assert read_checkpoint(path)["i"] == 1
+    assert read_checkpoint(path, ours=False)["i"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

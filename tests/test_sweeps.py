@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from charrnn.model import CharRNN
-from charrnn.resolvers import cores_per_job, run_name
+from charrnn.net import CharRNN
+from charrnn.run.config import cores_per_job, run_name
 from charrnn.vocab import Vocab
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from conftest import TINY, train_config
 
-from charrnn.training import train
+from charrnn.run.train import train
 
 
 def _fit(run_dir: Path, corpus: Path, seed: int) -> float:

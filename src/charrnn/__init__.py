@@ -1,6 +1,9 @@
-"""charrnn: character-level GRU/LSTM language models on Lightning and Hydra."""
+"""charrnn: character-level GRU/LSTM language models on Lightning and Hydra.
 
-from charrnn import resolvers as _resolvers  # noqa: F401  (registers ${cores_per_job:...})
+The pipeline, in reading order: corpus → vocab → data → net (fused_gru) → model → schedules →
+sampling → callbacks. The commands and what keeps a run safe are in charrnn.run.
+"""
+
 from charrnn.errors import CharRNNError
 
 __all__ = ["CharRNNError"]

@@ -1,16 +1,14 @@
-"""Callbacks: text samples after each validation, the TensorBoard HPARAMS entry, result.json."""
+"""Callbacks: text samples after each validation and the TensorBoard HPARAMS entry."""
 
 from __future__ import annotations
 
 import logging
-import math
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from charrnn.results import update_result
-from charrnn.sampling import Sampler
+from charrnn.sampling import Sampler, check_options
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +37,11 @@ class SampleText(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         vocab = pl_module.vocab
+        # fail now, not after an epoch
+        check_options(vocab, self.length, self.temperature, self.top_k, 1, "callbacks.sample_text.")
         unknown = vocab.unknown(self.prompt)
-        if unknown:  # a corpus without these characters must not stop training; sample anyway
-            kept = "".join(c for c in self.prompt if c not in unknown)
-            kept = kept or ("\n" if "\n" in vocab.chars else vocab.chars[0])
+        if unknown:  # a corpus without these characters must not stop training: sample without
+            kept = "".join(c for c in self.prompt if c not in unknown) or vocab.chars[0]
             log.warning(
                 "callbacks.sample_text.prompt %r has characters not in this corpus (%s); sampling from %r",
                 self.prompt,
@@ -56,18 +55,9 @@ class SampleText(L.Callback):
             return
         generator = torch.Generator().manual_seed(self.seed)
         sampler = Sampler(pl_module.net, pl_module.vocab)
-        try:
-            (text,) = sampler.generate(
-                self.prompt, self.length, self.temperature, self.top_k, generator=generator
-            )
-        except RuntimeError as err:  # a diverged model: StopOnNonFinite reports it, not a traceback
-            if "probability tensor" not in str(err):
-                raise
-            log.warning(
-                "no sample after epoch %d: the model's probabilities are not finite",
-                trainer.current_epoch,
-            )
-            return
+        (text,) = sampler.generate(
+            self.prompt, self.length, self.temperature, self.top_k, generator=generator
+        )
         sample = self.prompt + text
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -95,34 +85,6 @@ class HParamsMetric(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 experiment, start, _ = hparams(self.params, {self.metric: 0.0})
-                writer = logger.experiment._get_file_writer()
+                writer = logger.experiment.file_writer
                 writer.add_summary(experiment)
                 writer.add_summary(start)
-
-
-class RunResult(L.Callback):
-    """Records the run's outcome in run_dir/result.json when fitting ends (rank 0 only).
-
-    Runs in the training process itself, which under spawn-based DDP is not the Hydra job's process:
-    the numbers come from where they were measured.
-    """
-
-    def __init__(self, run_dir):
-        self.run_dir = run_dir
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
-        best = pl_module.best_val_loss
-        checkpoint = trainer.checkpoint_callback
-        update_result(
-            self.run_dir,
-            status="ok",
-            val_loss_best=best if math.isfinite(best) else None,
-            val_bpc=best / math.log(2) if math.isfinite(best) else None,
-            params=sum(p.numel() for p in pl_module.parameters()),
-            epochs=trainer.current_epoch,
-            best_checkpoint=(checkpoint.best_model_path or None) if checkpoint else None,
-            world_size=trainer.world_size,
-            threads=torch.get_num_threads(),
-        )

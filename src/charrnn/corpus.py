@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import os
 import re
 import socket
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.errors import CharRNNError
+from charrnn.files import write_atomically
 from charrnn.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -44,15 +43,14 @@ def _by_hand(url: str, dest: Path, sha256: str | None) -> str:
 
 
 def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) -> Path:
-    """Fetches `url` to `dest` through a temp file, verifying length and sha256 before the rename.
+    """Fetches `url` to `dest`, verifying length and sha256 before the file lands there.
 
     Whatever goes wrong, nothing is left at `dest` or beside it.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+
+    def fetch(tmp: str) -> None:
         digest, received = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             expected = response.headers.get("Content-Length")
             while block := response.read(1 << 20):
                 out.write(block)
@@ -70,15 +68,13 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) ->
                 "data.sha256 to that file's checksum (or null to skip the check), otherwise "
                 + _by_hand(url, dest, sha256)
             )
-        os.replace(tmp, dest)
-        return dest
+
+    try:
+        return write_atomically(dest, fetch)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         raise CharRNNError(
             f"could not download {url}: {_why(err, timeout)}; " + _by_hand(url, dest, sha256)
         ) from err
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _why(err: Exception, timeout: float) -> str:
@@ -187,25 +183,24 @@ def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
 
 
 def _save_ids(path: Path, digest: str, vocab: Vocab, ids: np.ndarray) -> None:
-    """Writes the cache atomically; a read-only corpus directory only costs the speed-up."""
-    cache, tmp = ids_cache_path(path, digest), None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".part")
-        chars = np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)
-        with os.fdopen(fd, "wb") as out:
+    """Writes the cache; a read-only corpus directory only costs the speed-up."""
+    cache = ids_cache_path(path, digest)
+    chars = np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as out:  # a file object: np.savez would add .npz to a name
             np.savez(out, format=IDS_CACHE_FORMAT, chars=chars, ids=ids)
-        os.replace(tmp, cache)
-        tmp = None
-        stale = re.compile(re.escape(path.name) + r"\.[0-9a-f]{16}\.ids\.npz")
-        for old in cache.parent.iterdir():
-            if old != cache and stale.fullmatch(old.name):
-                old.unlink(missing_ok=True)  # the ids of an older version of this corpus
-        log.info("cached the encoded corpus in %s", cache)
+
+    try:
+        write_atomically(cache, save)
     except OSError as err:
         log.info("not caching the encoded corpus beside it (%s); it is encoded again next run", err)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        return
+    stale = re.compile(re.escape(path.name) + r"\.[0-9a-f]{16}\.ids\.npz")
+    for old in cache.parent.iterdir():
+        if old != cache and stale.fullmatch(old.name):
+            old.unlink(missing_ok=True)  # the ids of an older version of this corpus
+    log.info("cached the encoded corpus in %s", cache)
 
 
 def encode_file(

@@ -1,25 +1,48 @@
-"""Writing output files so a failure never leaves a half-written file or destroys the old one."""
+"""The one way charrnn writes a file: a failure never leaves half a file or destroys the old one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+PART = ".part"  # suffix of the temp file beside the target while it is written
 
-def replace_atomically(path: Path, write: Callable[[str], None]) -> Path:
-    """Calls write(temp_path) beside `path`, then renames the temp file onto `path`."""
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> Path:
+    """Calls write(temp_path) beside `path`, fsyncs it and renames it onto `path`.
+
+    If `write` raises (a failed check, a full disk, Ctrl-C), the temp file is removed and whatever
+    was at `path` is left as it was.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
+
+
+def remove_stale_parts(directory: Path, name_glob: str = "*") -> None:
+    """Deletes the temp files a killed write_atomically left in `directory` (for matching names)."""
+    for stale in Path(directory).glob(f".{name_glob}.*{PART}"):
+        with contextlib.suppress(OSError):
+            stale.unlink()

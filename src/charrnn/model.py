@@ -1,4 +1,4 @@
-"""The network (Embedding → GRU/LSTM → Linear) and the LightningModule that trains it."""
+"""The LightningModule that trains a CharRNN: loss, state-carried validation, optimiser, schedule."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Timer
 
-from charrnn.net import CELLS, CharRNN, Hidden  # noqa: F401  (CELLS, CharRNN re-exported)
+from charrnn.errors import CharRNNError
+from charrnn.net import CharRNN, Hidden
 from charrnn.vocab import Vocab
 
 log = logging.getLogger(__name__)
+
+SHAPE = ("cell", "embedding_dim", "rnn_units", "num_layers")  # model keys the weights depend on
 
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:
@@ -118,6 +121,11 @@ class CharLM(L.LightningModule):
             checkpoint["train_hidden"] = self._train_hidden
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Lightning calls this before it loads the weights: refuse, in one line, a checkpoint this
+        run cannot continue (another alphabet, another network shape, or no training state)."""
+        corpus = getattr(self.trainer.datamodule, "corpus_path", "this corpus")
+        model = dict(self.hparams.model)
+        _check_continuable(checkpoint, self.trainer.ckpt_path, self.vocab.chars, model, corpus)
         self.best_val_loss = checkpoint.get("best_val_loss", math.inf)
         self._train_hidden = checkpoint.get("train_hidden")
 
@@ -144,6 +152,45 @@ class CharLM(L.LightningModule):
 def _time_budget_fraction(trainer: L.Trainer):
     """A clock for `trainer.max_time`: the fraction of the budget used (None without a budget)."""
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    if timer is None or timer._duration is None:
+    if timer is None or timer.time_remaining("train") is None:
         return None
-    return lambda: (timer.time_elapsed("train") or 0.0) / timer._duration
+
+    def used() -> float:
+        elapsed = timer.time_elapsed("train")
+        return elapsed / max(elapsed + timer.time_remaining("train"), 1e-9)
+
+    return used
+
+
+def _chars(chars: list[str], limit: int = 12) -> str:
+    shown = ", ".join(repr(c) for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+
+
+def _check_continuable(checkpoint: dict, path, vocab: str, model: dict, corpus) -> None:
+    hparams = checkpoint.get("hyper_parameters") or {}
+    saved = hparams.get("vocab", "")
+    if saved != vocab:
+        differences = []
+        if only_corpus := sorted(set(vocab) - set(saved)):
+            differences.append(f"only in the corpus: {_chars(only_corpus)}")
+        if only_ckpt := sorted(set(saved) - set(vocab)):
+            differences.append(f"only in the checkpoint: {_chars(only_ckpt)}")
+        raise CharRNNError(
+            f"{path} was trained on another alphabet than {corpus} "
+            f"({'; '.join(differences)}); continuing needs the same characters: train on text "
+            "with exactly these characters, or start a new run without ckpt_path/resume"
+        )
+    saved_model = hparams.get("model") or {}
+    for key in SHAPE:  # dropout may change on resume; the shape of the weights may not
+        old, new = saved_model.get(key), model.get(key)
+        if key in saved_model and new != old:
+            raise CharRNNError(
+                f"model.{key}: this run asks for {new!r} but {path} was trained with {old!r}; "
+                f"drop that override (or pass model.{key}={old}) to continue from this checkpoint"
+            )
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CharRNNError(
+            f"{path} holds weights only (no optimiser state or progress), so training cannot "
+            "resume from it; pass a last.ckpt or epoch checkpoint written by src/train.py"
+        )

@@ -8,17 +8,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from charrnn.config import IMPLS
-from charrnn.errors import CharRNNError
 from charrnn.fused_gru import FusedGRU
 
-CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
+RNN_LAYERS = {"gru": nn.GRU, "lstm": nn.LSTM}  # model.cell -> torch's layer
+IMPLS = ("auto", "torch", "fused")  # model.impl: auto = FusedGRU for GRUs, nn.LSTM for LSTMs
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class CharRNN(nn.Module):
-    """Character language model; `forward` takes ids [batch, time] and an optional hidden state."""
+    """Character language model; `forward` takes ids [batch, time] and an optional hidden state.
+
+    Its arguments are checked where they enter, in charrnn.run.config: an unknown cell is a KeyError.
+    """
 
     def __init__(
         self,
@@ -33,21 +35,12 @@ class CharRNN(nn.Module):
         impl: str = "auto",
     ):
         super().__init__()
-        if cell not in CELLS:
-            raise CharRNNError(
-                f"model.cell: {cell!r} is not a cell type; choose one of {sorted(CELLS)}"
-            )
-        if impl not in IMPLS or (impl == "fused" and cell != "gru"):
-            raise CharRNNError(
-                f"model.impl: {impl!r} is not allowed for model.cell={cell}; choose auto or torch"
-                + (" or fused" if cell == "gru" else "")
-            )
         self.cell, self.num_layers, self.rnn_units = cell, num_layers, rnn_units
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.emb_dropout = nn.Dropout(emb_dropout)
         # auto: FusedGRU for GRUs (faster on CPU, same weights and keys), nn.LSTM (oneDNN-fused)
         fused = cell == "gru" and impl != "torch"
-        self.rnn = (FusedGRU if fused else CELLS[cell])(
+        self.rnn = (FusedGRU if fused else RNN_LAYERS[cell])(
             embedding_dim,
             rnn_units,
             num_layers,

@@ -24,29 +24,58 @@ SPLIT_MIN = 1 << 20  # weights of at least this many elements get the two-halves
 SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 
 
-def check_options(vocab: Vocab, prompt: str, length: int, temperature: float, top_k: int) -> None:
-    """One-line errors for every option a user can get wrong, before any work is done."""
-    if not prompt:
-        raise CharRNNError("prompt is empty; give at least one character to start from")
+UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
+
+
+def clean_prompt(
+    prompt: str, vocab: Vocab, unknown_chars: str = "error", replace_with: str = " "
+) -> str:
+    """The prompt with the characters the model never saw dropped or replaced, or a one-line error."""
+    if not isinstance(prompt, str) or not prompt:
+        raise CharRNNError("prompt: give at least one character to start from (prompt='ROMEO:')")
     unknown = vocab.unknown(prompt)
-    if unknown:
-        shown = ", ".join(repr(c) for c in unknown)
+    if not unknown:
+        return prompt
+    shown = ", ".join(repr(c) for c in unknown)
+    if unknown_chars == "replace":
+        if vocab.unknown(replace_with):
+            raise CharRNNError(
+                f"replace_with: {replace_with!r} is not in the model's vocabulary either; "
+                f"choose one of {vocab.chars!r}"
+            )
+        return "".join(replace_with if c in unknown else c for c in prompt)
+    if unknown_chars != "drop":
         raise CharRNNError(
-            f"prompt has characters the model never saw: {shown}; remove or replace them "
-            "(generate.py: unknown_chars=drop, or unknown_chars=replace with replace_with=' ')"
+            f"prompt has characters the model never saw: {shown}; remove them, or pass "
+            "unknown_chars=drop, or unknown_chars=replace (with replace_with=' ')"
         )
-    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-        raise CharRNNError(f"length must be a whole number of characters > 0, got {length!r}")
+    kept = "".join(c for c in prompt if c not in unknown)
+    if not kept:
+        raise CharRNNError(f"prompt: nothing is left after dropping {shown}; give another prompt")
+    return kept
+
+
+def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefix="") -> None:
+    """One-line errors, naming the option (`prefix` + its name), for every sampling option a user
+    can get wrong."""
+
+    def whole(value, key: str, low: int, high: float = math.inf) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            upto = f" and <= {high} (the vocabulary size)" if high < math.inf else ""
+            raise CharRNNError(
+                f"{prefix}{key}: {value!r} is not allowed; use a whole number >= {low}{upto}"
+            )
+
+    whole(length, "length", 1)
+    whole(top_k, "top_k", 0, vocab.unk_id)
+    whole(num_samples, "num_samples", 1)
     if (
         isinstance(temperature, bool)
         or not isinstance(temperature, (int, float))
-        or not (0 <= temperature < math.inf)
+        or not 0 <= temperature < math.inf
     ):
-        raise CharRNNError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= vocab.unk_id:
         raise CharRNNError(
-            f"top_k must be a whole number from 0 (off) to the vocabulary size {vocab.unk_id}, "
-            f"got {top_k!r}"
+            f"{prefix}temperature: {temperature!r} is not allowed; use a number >= 0 (0 = greedy)"
         )
 
 
@@ -297,9 +326,8 @@ class Sampler:
         exactly the text it would get alone with that generator); None draws a seed from torch's
         global generator. `on_step` gets each step's characters (one per row), chunk by chunk.
         """
-        check_options(self.vocab, prompt, length, temperature, top_k)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-            raise CharRNNError(f"num_samples must be a whole number > 0, got {num_samples!r}")
+        clean_prompt(prompt, self.vocab)
+        check_options(self.vocab, length, temperature, top_k, num_samples)
         if generator is None:
             generator = seed_generator(int(torch.randint(2**62, ())))
         generators = [generator] if isinstance(generator, torch.Generator) else list(generator)

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from charrnn.checkpoint import load, resolve
 from charrnn.errors import CharRNNError
-from charrnn.files import replace_atomically
+from charrnn.files import write_atomically
+from charrnn.run.checkpoints import load, resolve
 from charrnn.sampling import Sampler, seed_generator
 from charrnn.vocab import Vocab
 
@@ -31,7 +31,7 @@ def save_generator(sampler: Sampler, out: Path, info: dict | None = None) -> Pat
         if torch.jit.load(tmp, map_location="cpu")(prompt, 64, 1.0, 0, 2, 0) != expected:
             raise CharRNNError(f"out: the file written for {out} does not reproduce the sampler")
 
-    return replace_atomically(out, write)
+    return write_atomically(out, write)
 
 
 def _check_out(value) -> Path:

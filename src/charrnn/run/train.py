@@ -18,13 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.callbacks import HParamsMetric, RunResult
-from charrnn.config import validate_train
+from charrnn.callbacks import HParamsMetric
 from charrnn.data import CharDataModule
 from charrnn.errors import CharRNNError
 from charrnn.model import CharLM
-from charrnn.resume import check_resumable, read_checkpoint
-from charrnn.safety import AtomicCheckpointIO, ResumeState, TrainingStopped, numerical_fault
+from charrnn.run.guards import AtomicCheckpointIO, ResumeState, TrainingStopped
+from charrnn.run.sweep import update_result
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +60,32 @@ class _JobLogging(L.Callback):
             logging.config.dictConfig(self.config)
 
 
-def _starts_fresh_processes(trainer: L.Trainer) -> bool:
-    """True for spawn-based DDP: Lightning starts new interpreters that run the fit."""
-    return getattr(trainer.strategy, "_start_method", None) in ("spawn", "forkserver")
+class RunResult(L.Callback):
+    """Records the run's outcome in run_dir/result.json when fitting ends (rank 0 only).
+
+    Runs in the training process itself, which under spawn-based DDP is not the Hydra job's process:
+    the numbers come from where they were measured.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        best = pl_module.best_val_loss
+        checkpoint = trainer.checkpoint_callback
+        update_result(
+            self.run_dir,
+            status="ok",
+            val_loss_best=best if math.isfinite(best) else None,
+            val_bpc=best / math.log(2) if math.isfinite(best) else None,
+            params=sum(p.numel() for p in pl_module.parameters()),
+            epochs=trainer.current_epoch,
+            best_checkpoint=(checkpoint.best_model_path or None) if checkpoint else None,
+            world_size=trainer.world_size,
+            threads=torch.get_num_threads(),
+        )
 
 
 def _plain(node) -> dict | None:
@@ -113,9 +135,9 @@ def build(
 ) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer.
 
-    `overrides` (the run's command line) are recorded in every checkpoint, for resume=.
+    `overrides` (the run's command line) are recorded in every checkpoint, for resume=. The config
+    is checked before (charrnn.run.config.validate_train, by src/train.py).
     """
-    validate_train(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
@@ -145,9 +167,9 @@ def train(
 ) -> float:
     """Fits the model and returns the best val/loss (what Hydra sweepers minimise).
 
-    With `ckpt_path` (set by resume= too) the checkpoint is checked first: weights_only, same
-    alphabet, same network shape; Lightning then restores weights, optimiser, scheduler, epoch,
-    step, position in the epoch, best-so-far and random state from it.
+    With `ckpt_path` (set by resume= too) Lightning restores weights, optimiser, scheduler, epoch,
+    step, position in the epoch, best-so-far and random state from it; it is read weights_only
+    (AtomicCheckpointIO) and CharLM refuses another alphabet or network shape before the weights.
     """
     ckpt_path = cfg.get("ckpt_path")
     if cfg.get("resume") and not ckpt_path:
@@ -155,16 +177,6 @@ def train(
             "resume= is resolved by src/train.py before Hydra starts; from code, pass ckpt_path"
         )
     datamodule, module, trainer = build(cfg, overrides)
-    if ckpt_path:
-        checkpoint = read_checkpoint(ckpt_path, mmap=True)
-        check_resumable(
-            checkpoint,
-            ckpt_path,
-            datamodule.vocab.chars,
-            dict(module.hparams.model),
-            datamodule.corpus_path,
-        )
-        del checkpoint
     params = sum(p.numel() for p in module.parameters())
     log.info(
         "corpus %s: %d train + %d val characters, vocabulary %d; model %s, %s parameters",
@@ -177,20 +189,20 @@ def train(
     )
     if run_dir is not None:
         trainer.callbacks.append(RunResult(run_dir))
-    if _starts_fresh_processes(trainer) and HydraConfig.initialized():
+    launcher = trainer.strategy.launcher  # spawn-based DDP: new interpreters run the fit
+    if (
+        launcher is not None
+        and not launcher.is_interactive_compatible
+        and HydraConfig.initialized()
+    ):
         trainer.callbacks.append(_JobLogging(_plain(HydraConfig.get().job_logging)))
     with warnings.catch_warnings():
         if cfg.get("resume"):  # continuing in the run's own dir: its checkpoints are expected there
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except SIGTERMException:  # SIGTERM before GracefulStop took over (set-up, sanity check)
+        except SIGTERMException:  # SIGTERM outside a training batch (set-up, sanity check)
             raise TrainingStopped(signal.SIGTERM, trainer.global_step, None) from None
-        except RuntimeError as err:
-            fault = numerical_fault(err, trainer, module)
-            if fault is None:
-                raise
-            raise fault from err
     best = module.best_val_loss
     if not math.isfinite(best) and "val/loss_best" in trainer.callback_metrics:
         best = float(trainer.callback_metrics["val/loss_best"])  # fitted in spawned processes (DDP)

@@ -1,16 +1,20 @@
-"""The end-of-sweep summary: one row per job, best first, as summary.csv and summary.md.
+"""Each run's result.json and the end-of-sweep summary: one row per job, best first.
 
-`SweepSummary` is a Hydra callback (registered under hydra.callbacks in conf/train.yaml). Each job
-records itself in its own run dir (result.json, see charrnn.results) in the process that ran it, so
-the summary works the same with the basic, joblib and submitit launchers and the Optuna sweeper;
-at the end of the multirun the launching process collects those files.
+Several writers fill in one run's result.json, one after another in the run's own process: the
+training (metrics, rank 0 only), the entry point (a failure) and `SweepSummary` (overrides, wall
+time), a Hydra callback registered under hydra.callbacks in conf/train.yaml. So the summary works
+the same with the basic, joblib and submitit launchers and the Optuna sweeper; at the end of the
+multirun the launching process collects the files into summary.csv and summary.md. Kept free of
+torch/Lightning imports: the process that launches a sweep reads these files too.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.results import describe_error, is_rank_zero, read_result, update_result
+from charrnn.errors import CharRNNError
+from charrnn.files import write_atomically
 
 log = logging.getLogger(__name__)
 
+RESULT_FILE = "result.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 ERROR_CHARS = 300  # of an error message in the printed/Markdown table
 COLUMNS = (  # (key in result.json, column title)
@@ -38,6 +44,36 @@ COLUMNS = (  # (key in result.json, column title)
     ("error", "error"),
 )
 _NUMERIC = {"job", "val_loss_best", "val_bpc", "params", "epochs", "wall_time_s"}  # right-aligned
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a distributed run (rank from the launcher's environment)."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if key in os.environ:
+            return os.environ[key] == "0"
+    return True
+
+
+def read_result(run_dir: Path) -> dict:
+    """The run's recorded fields, or {} when it has not written any."""
+    try:
+        return json.loads((Path(run_dir) / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def update_result(run_dir: Path, /, **fields) -> dict:
+    """Merges `fields` into run_dir/result.json; returns the whole record."""
+    record = {**read_result(run_dir), **fields}
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    write_atomically(Path(run_dir) / RESULT_FILE, lambda tmp: Path(tmp).write_text(text, "utf-8"))
+    return record
+
+
+def describe_error(err: BaseException) -> str:
+    """One line naming the error: its type (unless it is our own user-facing one) and message."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    return message if isinstance(err, CharRNNError) else f"{type(err).__name__}: {message}"
 
 
 class SweepSummary(Callback):
@@ -149,12 +185,17 @@ def _cell(row: dict, key: str, sweep_dir: Path, shown: set[str]) -> str:
 
 def write_summary(rows: list[dict], sweep_dir: Path) -> None:
     """summary.csv (every value as recorded) and summary.md (the table that is printed)."""
-    with open(sweep_dir / SUMMARY_CSV, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow([title for _, title in COLUMNS])
-        for row in rows:
-            writer.writerow([_csv_cell(row, key) for key, _ in COLUMNS])
-    (sweep_dir / SUMMARY_MD).write_text(markdown_table(rows, sweep_dir) + "\n", encoding="utf-8")
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow([title for _, title in COLUMNS])
+            for row in rows:
+                writer.writerow([_csv_cell(row, key) for key, _ in COLUMNS])
+
+    table = markdown_table(rows, sweep_dir) + "\n"
+    write_atomically(sweep_dir / SUMMARY_CSV, write_csv)
+    write_atomically(sweep_dir / SUMMARY_MD, lambda tmp: Path(tmp).write_text(table, "utf-8"))
 
 
 def markdown_table(rows: list[dict], sweep_dir: Path) -> str:

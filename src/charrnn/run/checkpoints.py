@@ -1,0 +1,153 @@
+"""Checkpoint files: safe reads, `last`/`best` of the newest run, and the network rebuilt from one.
+
+A checkpoint is read with `weights_only=True` only, and every way a file can be wrong (missing, a
+directory, not a checkpoint, truncated, holding pickled objects, not ours) becomes one CharRNNError
+line. Reading one needs torch but not Lightning: generate and export never import it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from charrnn.errors import CharRNNError
+from charrnn.net import CharRNN
+from charrnn.vocab import Vocab
+
+LAST = "last.ckpt"
+ALIASES = ("last", "best")
+_VAL_LOSS = re.compile(r"val_loss(\d+(?:\.\d+)?)")
+
+
+def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool = True) -> dict:
+    """The checkpoint at `path`, loaded with weights_only=True onto the CPU, or one clear error.
+
+    `mmap=True` maps the tensors instead of reading them: a cheap look at the contents.
+    `ours=False` accepts any safe checkpoint (Lightning's own temporary ones, e.g. DDP spawn's).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CharRNNError(
+            f"{key}: {path} does not exist; pass a .ckpt file such as "
+            "outputs/runs/<run>/checkpoints/last.ckpt, or continue the newest run with resume=last"
+        )
+    if path.is_dir():
+        raise CharRNNError(
+            f"{key}: {path} is a directory; pass a .ckpt file inside it "
+            f"(e.g. {path}/checkpoints/last.ckpt) or continue that run with resume={path}"
+        )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        what = "an empty file" if not head else "not a PyTorch checkpoint"
+        raise CharRNNError(f"{key}: {path} is {what}; pass a .ckpt file written by src/train.py")
+    damaged = (
+        f"{key}: {path} is truncated or damaged ({{}}); use an intact checkpoint, "
+        "e.g. another .ckpt in the same directory"
+    )
+    if not zipfile.is_zipfile(path):
+        raise CharRNNError(damaged.format("its archive is incomplete"))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"a pickled Python object ({found.group(1)})" if found else "pickled Python objects"
+        raise CharRNNError(
+            f"{key}: {path} contains {what}; refusing to unpickle it, since loading it could run "
+            "code (charrnn checkpoints hold only tensors and plain values): use a checkpoint "
+            "written by src/train.py"
+        ) from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+        reason = str(err).partition("\n")[0] or type(err).__name__
+        raise CharRNNError(damaged.format(reason)) from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if ours and not (
+        isinstance(hparams, dict)
+        and isinstance(hparams.get("vocab"), str)
+        and isinstance(hparams.get("model"), dict)
+        and isinstance(checkpoint.get("state_dict"), dict)
+    ):
+        raise CharRNNError(
+            f"{key}: {path} is not a charrnn checkpoint (it lacks hyper_parameters.vocab/model and "
+            "a state_dict); pass a .ckpt file written by src/train.py"
+        )
+    return checkpoint
+
+
+def run_checkpoint_dirs(outputs: Path) -> list[Path]:
+    """Checkpoint folders of single runs (runs/<time>/) and sweep jobs (multirun/<time>/<job>/),
+    newest first: the one whose checkpoints were written last (a resumed run counts as new)."""
+    folders = [*outputs.glob("runs/*/checkpoints"), *outputs.glob("multirun/*/*/checkpoints")]
+    written = {d: max((p.stat().st_mtime for p in d.glob("*.ckpt")), default=None) for d in folders}
+    return sorted((d for d, t in written.items() if t is not None), key=written.get, reverse=True)
+
+
+def newest_run_checkpoint(alias: str, outputs: Path, key: str) -> Path:
+    """`last` or `best` of the newest run under `outputs`, or a one-line error saying what is not."""
+    folders = run_checkpoint_dirs(outputs)
+    if not folders:
+        raise CharRNNError(
+            f"{key}={alias}: no checkpoints under {outputs.absolute()}/runs or /multirun; train "
+            "first (python src/train.py) or pass a path to a .ckpt file"
+        )
+    found = folders[0] / LAST if alias == "last" else _best_in(folders[0])
+    if found is None or not found.is_file():
+        raise CharRNNError(
+            f"{key}={alias}: the newest run's folder {folders[0]} has no {alias} checkpoint; "
+            "pass a path to a .ckpt file"
+        )
+    return found
+
+
+def _best_in(folder: Path) -> Path | None:
+    """The run's best checkpoint: the non-last .ckpt (lowest val_loss in its name if several)."""
+    candidates = [p for p in folder.glob("*.ckpt") if not p.stem.startswith("last")]
+
+    def key(path: Path):
+        found = _VAL_LOSS.search(path.stem)
+        return (float(found.group(1)) if found else float("inf"), -path.stat().st_mtime)
+
+    return min(candidates, key=key) if candidates else None
+
+
+def resolve(ckpt: str, runs_dir: str | Path = "outputs") -> Path:
+    """A checkpoint path from `ckpt`: a path, or `last`/`best` of the newest run under runs_dir."""
+    if ckpt is None or str(ckpt).strip() == "":
+        raise CharRNNError("ckpt is not set; pass ckpt=path/to/file.ckpt, ckpt=last or ckpt=best")
+    if str(ckpt) in ALIASES:
+        return newest_run_checkpoint(str(ckpt), Path(runs_dir).expanduser(), "ckpt")
+    return Path(str(ckpt)).expanduser()  # read_checkpoint names what is wrong with it
+
+
+@dataclass
+class Trained:
+    """A checkpoint turned back into its network (eval mode, CPU) and vocabulary."""
+
+    net: CharRNN
+    vocab: Vocab
+    hparams: dict
+    path: Path
+
+
+def load(path: str | Path) -> Trained:
+    """The CharRNN and Vocab of a charrnn checkpoint, on the CPU in eval mode."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, key="ckpt")
+    hparams = ckpt["hyper_parameters"]
+    weights = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        vocab = Vocab(hparams["vocab"])
+        net = CharRNN(vocab.size, **hparams["model"])
+        net.load_state_dict(weights)
+    except (CharRNNError, TypeError, KeyError, RuntimeError) as err:
+        reason = " ".join(str(err).split())  # torch's state_dict report spans several lines
+        reason = reason if len(reason) <= 240 else reason[:240] + "..."
+        raise CharRNNError(
+            f"ckpt: {path} does not hold a model this charrnn can rebuild ({reason})"
+        ) from None
+    return Trained(net.eval(), vocab, hparams, path)

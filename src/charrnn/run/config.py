@@ -1,0 +1,151 @@
+"""The train config: checked before anything runs (a bad value fails in one line that names it),
+and the OmegaConf resolvers it uses.
+
+The resolvers are registered when charrnn.run is imported (not in an entry point), because jobs of
+a parallel launcher resolve their config in worker processes that never run the entry point's code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from omegaconf import DictConfig, OmegaConf
+
+from charrnn.errors import CharRNNError
+
+# every value Lightning 2.6's Trainer accepts (ints and their strings too)
+PRECISIONS = (
+    *("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"),
+    *("32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16"),
+)
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+FLOAT32_MAX = 3.4028234663852886e38  # an optimizer.lr beyond it overflows inside the step
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _one_of(choices) -> tuple:
+    return (lambda v: str(v) in choices), f"choose one of {', '.join(choices)}"
+
+
+POSITIVE = (lambda v: _whole(v) and v > 0), "use a whole number > 0"
+PROBABILITY = (lambda v: _number(v) and 0 <= v < 1), "use a probability in [0, 1)"
+RULES = {  # key -> (test, what to use instead); a missing optional key reads as None
+    **{f"model.{k}": POSITIVE for k in ("embedding_dim", "rnn_units", "num_layers")},
+    **{f"model.{k}": PROBABILITY for k in ("dropout", "emb_dropout", "out_dropout")},
+    **{f"data.{k}": POSITIVE for k in ("seq_length", "batch_size", "val_streams")},
+    "data.val_frac": (
+        (lambda v: _number(v) and 0 < v < 1),
+        "use a fraction strictly between 0 and 1",
+    ),
+    "data.sha256": (
+        (lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v))),
+        "use the file's 64-hex-digit sha256, or null to skip the check",
+    ),
+    "data.download_timeout": ((lambda v: _number(v) and v > 0), "use a number of seconds > 0"),
+    "trainer.precision": _one_of(PRECISIONS),
+    "trainer.accelerator": _one_of(ACCELERATORS),
+    "trainer.max_epochs": (
+        (lambda v: v is None or (_whole(v) and (v > 0 or v == -1))),
+        "use a whole number > 0 (or -1 for no limit)",
+    ),
+    "trainer.gradient_clip_val": (
+        (lambda v: v is None or (_number(v) and v > 0)),
+        "use a number > 0, or null for no clipping",
+    ),
+    "optimizer.lr": (
+        (lambda v: _number(v) and 0 < v < FLOAT32_MAX),
+        "use a number > 0 (and below 3.4e38, the largest float32)",
+    ),
+    "threads": (
+        (lambda v: v is None or (_whole(v) and v > 0)),
+        "use a whole number > 0, or null for all cores",
+    ),
+    "callbacks.last_checkpoint.every_n_train_steps": (
+        (lambda v: v is None or (_whole(v) and v > 0)),
+        "use a whole number > 0, or null to write last.ckpt at epoch ends only",
+    ),
+    "ckpt_path": ((lambda v: v is None or isinstance(v, str)), "use a path (or null)"),
+    "resume": ((lambda v: v is None or isinstance(v, str)), "use a path (or null)"),
+}
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Every user-facing value of a training config, checked against its allowed range."""
+    from charrnn.net import IMPLS, RNN_LAYERS  # here: registering the resolvers needs no torch
+
+    cell = cfg.model.cell
+    impls = IMPLS if cell == "gru" else tuple(i for i in IMPLS if i != "fused")
+    rules = {
+        "model.cell": _one_of(tuple(RNN_LAYERS)),
+        "model.impl": (
+            lambda v: v in impls,
+            f"choose one of {', '.join(impls)} for model.cell={cell}",
+        ),
+        **RULES,
+    }
+    for key, (ok, allowed) in rules.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if not ok(value):
+            raise CharRNNError(f"{key}: {value!r} is not allowed; {allowed}")
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity: respects taskset, cgroups, SLURM)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cores_per_job(n_jobs: int | None = None) -> int | None:
+    """The machine's cores shared out among the jobs a launcher runs at once, at least one each.
+
+    n_jobs defaults to the running launcher's (hydra.launcher.n_jobs) and follows joblib: -1 means
+    one job per core, -2 all cores but one, and so on. None when there is no such launcher (and
+    outside a Hydra app), i.e. torch's own default: all cores.
+    """
+    if n_jobs is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+    if n_jobs is None:
+        return None
+    cores = machine_cores()
+    jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, cores // jobs)
+
+
+def run_name(override_dirname: str, limit: int = 200) -> str:
+    """A job's override_dirname made safe as a directory name (and readable as a TensorBoard run).
+
+    Numbers keep 4 significant digits (Optuna suggests values like 0.0013922830138102383) and the
+    name stops at `limit` characters, at an item boundary when it can: file names have at most 255
+    bytes. The job number in front keeps names unique.
+    """
+    items = []
+    for item in override_dirname.split(","):
+        key, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and len(value) > 8 and not value.lstrip("-").isdigit():
+            value = f"{number:.4g}"
+        items.append(key + sep + value)
+    name = ",".join(items)
+    if len(name) <= limit:
+        return name
+    cut = name.rfind(",", 0, limit)
+    return name[: cut if cut > 0 else limit]
+
+
+OmegaConf.register_new_resolver("cores_per_job", cores_per_job, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)

@@ -1,0 +1,91 @@
+"""The generate command: check the options, load the checkpoint, sample, stream or print, save."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from charrnn.errors import CharRNNError
+from charrnn.files import write_atomically
+from charrnn.run.checkpoints import load, resolve
+from charrnn.sampling import UNKNOWN_CHARS, Sampler, clean_prompt, seed_generator
+
+
+def validate_generate(cfg: DictConfig) -> None:
+    """The command's own options; the sampling options are the sampler's to check."""
+    seed = cfg.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise CharRNNError(f"seed: {seed!r} is not allowed; use a whole number >= 0, or null")
+    if cfg.unknown_chars not in UNKNOWN_CHARS:
+        raise CharRNNError(
+            f"unknown_chars: {cfg.unknown_chars!r} is not allowed; choose one of "
+            f"{', '.join(UNKNOWN_CHARS)}"
+        )
+    if not isinstance(cfg.replace_with, str) or len(cfg.replace_with) != 1:
+        raise CharRNNError(f"replace_with: {cfg.replace_with!r} is not allowed; use one character")
+
+
+def pick_device(name: str) -> torch.device:
+    try:
+        device = torch.device(str(name))
+    except RuntimeError:
+        raise CharRNNError(
+            f"device: {name!r} is not a device; use cpu, cuda, cuda:1 or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CharRNNError(f"device: {name!r} is not available here (no CUDA); use device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CharRNNError(f"device: {name!r} is not available here (no MPS); use device=cpu")
+    return device
+
+
+def generate(cfg: DictConfig) -> list[str]:
+    """Runs the command; returns the samples, prompt included."""
+    validate_generate(cfg)
+    device = pick_device(cfg.device)
+    path = resolve(cfg.ckpt, cfg.runs_dir)
+    trained = load(path)
+    vocab, model = trained.vocab, trained.hparams["model"]
+    prompt = clean_prompt(cfg.prompt, vocab, cfg.unknown_chars, cfg.replace_with)
+    seed = cfg.seed if cfg.seed is not None else int(torch.randint(2**31, ()))
+    sampler = Sampler(trained.net.to(device), vocab)
+    stream = cfg.num_samples == 1
+    started = []
+
+    def show(chars: list[str]) -> None:  # first called once the sampler has taken the options
+        if not started:
+            started.append(True)
+            shape = f"{model['cell']} {model['num_layers']}x{model['rnn_units']}"
+            print(f"{path}: {shape}, {vocab.unk_id} characters; seed={seed}", file=sys.stderr)
+            sys.stdout.write(prompt if stream else "")
+        if stream:
+            sys.stdout.write(chars[0])
+            sys.stdout.flush()
+
+    texts = sampler.generate(
+        prompt,
+        cfg.length,
+        cfg.temperature,
+        cfg.top_k,
+        cfg.num_samples,
+        seed_generator(seed),
+        on_step=show,
+    )
+    samples = [prompt + text for text in texts]
+    if stream:
+        sys.stdout.write("\n")
+        shown = samples[0] + "\n"
+    else:
+        shown = "".join(
+            f"===== sample {i + 1}/{len(samples)} =====\n{s}\n" for i, s in enumerate(samples)
+        )
+        sys.stdout.write(shown)
+    sys.stdout.flush()
+    if cfg.out:
+        out = Path(cfg.out).expanduser()
+        write_atomically(out, lambda tmp: Path(tmp).write_text(shown, encoding="utf-8"))
+        print(f"wrote {len(samples)} sample(s) to {out}", file=sys.stderr)
+    return samples

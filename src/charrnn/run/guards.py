@@ -1,0 +1,263 @@
+"""What keeps a run from being lost: atomic checkpoint files, what a checkpoint must record for an
+exact resume, a clean stop on Ctrl-C or SIGTERM, and a stop before non-finite values are saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from charrnn.errors import CharRNNError
+from charrnn.files import remove_stale_parts, write_atomically
+from charrnn.run.checkpoints import LAST, read_checkpoint
+from charrnn.run.resume import NOT_REPLAYED, RECORD, override_key
+
+log = logging.getLogger(__name__)
+
+METRICS = "logged_metrics"  # ResumeState's copy of trainer.callback_metrics in a checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO through write_atomically and read_checkpoint.
+
+    Lightning 2.6 writes to a temp file in the system temp dir and moves it: a copy, not an atomic
+    rename, when that is another filesystem, and the temp file is left behind on a kill. Loads are
+    weights_only=True always.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        remove_stale_parts(Path(path).parent, "*.ckpt")  # what a killed save left behind
+
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+
+        write_atomically(Path(path), save)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return read_checkpoint(path, ours=False)
+
+
+class ResumeState(L.Callback):
+    """Stores in every checkpoint what Lightning does not: the run's command-line overrides (so
+    resume=... replays them), the global torch random state (which dropout draws from) and the
+    logged metrics.
+
+    On resume it redoes what Lightning leaves out: a ReduceLROnPlateau step, when the checkpoint
+    was taken at an epoch's end before that step (Lightning skips it on such a restart, having no
+    metric to give it), and a changed `optimizer.lr` (Lightning restores the optimiser state,
+    learning rate included, so a lower lr given on resume would otherwise be ignored).
+    """
+
+    state_key = RECORD  # where charrnn.run.resume.recorded_overrides finds it
+
+    def __init__(self, overrides: list[str] | None = None):
+        self.overrides = [o for o in overrides or [] if override_key(o) not in NOT_REPLAYED]
+        self._saved_lr = None
+        self._saved_metrics: dict = {}
+
+    def state_dict(self) -> dict:
+        state = {"overrides": list(self.overrides), "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[METRICS] = {
+            key: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if isinstance(value, torch.Tensor) and value.numel() == 1
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._saved_lr = (checkpoint.get("hyper_parameters", {}).get("optimizer") or {}).get("lr")
+        self._saved_metrics = checkpoint.get(METRICS, {})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._step_skipped_schedulers(trainer)
+        self._apply_new_lr(trainer, pl_module)
+
+    def _step_skipped_schedulers(self, trainer) -> None:
+        """The epoch-end scheduler steps Lightning leaves out when it resumes from a checkpoint
+        written at an epoch's end, before those steps: every epoch scheduler when the epoch counts
+        as finished ("resumed on epoch end"), ReduceLROnPlateau alone when Lightning replays the
+        epoch's end ("restarted on epoch end"), with the val/loss the checkpoint recorded."""
+        loop = trainer.fit_loop
+        if not (loop.resumed_on_epoch_end or loop.restarted_on_epoch_end):
+            return
+        ended = trainer.current_epoch - (1 if loop.resumed_on_epoch_end else 0)
+        for config in trainer.lr_scheduler_configs:
+            if config.interval != "epoch" or (ended + 1) % config.frequency:
+                continue
+            if config.reduce_on_plateau:
+                metric = self._saved_metrics.get(config.monitor)
+                if metric is not None:
+                    config.scheduler.step(metric)
+            elif loop.resumed_on_epoch_end:
+                config.scheduler.step()
+
+    def _apply_new_lr(self, trainer, pl_module) -> None:
+        lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
+        if self._saved_lr is None or lr is None or lr == self._saved_lr:
+            return
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+        log.info("optimizer.lr %g replaces the checkpoint's %g", lr, self._saved_lr)
+
+
+class LastCheckpoint(Checkpoint):
+    """Keeps `<dirpath>/last.ckpt` current: at every training epoch's end, every
+    `every_n_train_steps` optimiser steps, and when GracefulStop asks. It is what resume= reads.
+
+    Not ModelCheckpoint(save_last=True, save_top_k=0): Lightning 2.6.6 writes last.ckpt at an
+    epoch's end only when it saved a top-k checkpoint at that step (its on_train_epoch_end).
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
+        self.path = Path(dirpath) / LAST
+        self.every_n_train_steps = every_n_train_steps
+        self.saved_step: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+    def save(self, trainer) -> Path | None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return None
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+        return self.path
+
+
+def last_keeper(trainer: L.Trainer) -> LastCheckpoint | None:
+    return next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+
+
+class TrainingStopped(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM): not an error; exit code 128 + signal."""
+
+    def __init__(self, signum: int, step: int, saved: Path | None):
+        self.signum, self.step, self.saved = signum, step, saved
+        name = signal.Signals(signum).name
+        where = f"wrote {saved}" if saved else "no checkpoint is configured, nothing was saved"
+        super().__init__(f"stopped by {name} after step {step}; {where}")
+
+
+class GracefulStop(L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current batch, write last.ckpt, stop (130 / 143).
+
+    What Lightning lacks: its SIGTERM handler stops without saving (mid-validation, too) and its
+    Ctrl-C stops mid-batch with exit code 1. So while training runs, both signals only set a flag
+    acted on at the next batch's end; Lightning's handlers are back outside (set-up, sanity check,
+    where src/train.py reports that nothing was saved). A second Ctrl-C aborts at once, unsaved.
+    Not OnExceptionCheckpoint: it saves on any error, half-stepped states too.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():  # where handlers can be set
+            self._previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
+
+    def _request(self, signum, frame) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: abort now
+            return
+        self.signum = signum
+        log.warning(
+            "%s received: finishing this batch, writing last.ckpt and stopping "
+            "(press Ctrl-C again to abort without saving)",
+            signal.Signals(signum).name,
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.on_train_epoch_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # a signal during validation
+        if self.signum is not None:
+            keeper = last_keeper(trainer)
+            saved = keeper.save(trainer) if keeper is not None else None
+            raise TrainingStopped(self.signum, trainer.global_step, saved)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.on_train_end(trainer, pl_module)
+
+
+def _all_finite(tensors) -> bool:
+    tensors = [t for t in tensors if t is not None]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class StopOnNonFinite(L.Callback):
+    """Stops training, in one line naming the step and a remedy, at the first non-finite loss,
+    gradient, weight or val/loss. Its hooks run before the checkpoint callbacks' (Lightning runs
+    those last), so no checkpoint is ever written from such a state.
+    """
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            what = f"train/loss is {loss.detach().float().item()}"
+            self._stop(trainer, pl_module, what, trainer.global_step + 1)  # the step being taken
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not _all_finite(p.grad for p in pl_module.parameters()):
+            self._stop(trainer, pl_module, "the gradient is not finite", trainer.global_step + 1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # the optimiser itself can make weights non-finite (e.g. Adam with eps=0 divides 0 by 0)
+        if not _all_finite(p.detach() for p in pl_module.parameters()):
+            what = "the optimiser step made the weights non-finite"
+            self._stop(trainer, pl_module, what, trainer.global_step)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is not None and not trainer.sanity_checking and not torch.isfinite(loss).all():
+            self._stop(trainer, pl_module, f"val/loss is {float(loss)}", trainer.global_step)
+
+    @staticmethod
+    def _stop(trainer, pl_module, what: str, step: int) -> None:
+        last, kept = last_keeper(trainer), "no checkpoint had been written yet"
+        if last is not None and last.saved_step is not None:
+            kept = f"{last.path} (step {last.saved_step}) is kept"
+        elif last is not None and last.path.is_file():
+            kept = f"{last.path} is kept as it was"
+        lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
+        clip = trainer.gradient_clip_val
+        raise CharRNNError(
+            f"training stopped: {what} at step {step} (epoch "
+            f"{trainer.current_epoch}); {kept}; try a lower optimizer.lr (now {lr}) or "
+            f"trainer.gradient_clip_val=1.0 or lower (now {clip}), then train again"
+        )

@@ -1,0 +1,113 @@
+"""`resume=last | <run dir> | <last.ckpt>`: continue a run in its own directory, with its own overrides.
+
+src/train.py rewrites its command line here before Hydra starts. The overrides come from the
+checkpoint (charrnn.run.guards.ResumeState records them). Needs torch but not Lightning.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from charrnn.errors import CharRNNError
+from charrnn.run.checkpoints import LAST, newest_run_checkpoint, read_checkpoint
+
+OUTPUTS = Path("outputs")  # where hydra.run.dir / hydra.sweep.dir put runs (relative to the cwd)
+NOT_REPLAYED = ("resume", "ckpt_path")  # overrides that name a checkpoint, not the run's config
+RECORD = "ResumeState"  # the checkpoint["callbacks"] key of charrnn.run.guards.ResumeState's record
+
+
+def override_key(override: str) -> str | None:
+    """The config key an override sets (`+a.b=1` -> `a.b`), or None for flags like `-m`."""
+    if override.startswith("-") or ("=" not in override and not override.startswith("~")):
+        return None
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _quoted(value) -> str:
+    """A path as a Hydra override value, quoted if it has characters the grammar treats apart."""
+    text = str(value)
+    if re.fullmatch(r"[\w/.\-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def locate_resume(value: str, outputs: Path = OUTPUTS) -> Path:
+    """The last.ckpt that `resume=<value>` means: last (the newest run), a run dir, or a .ckpt."""
+    if value in ("last", "latest"):
+        return newest_run_checkpoint("last", outputs, "resume")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / LAST, path / LAST):
+            if candidate.is_file():
+                return candidate
+        raise CharRNNError(
+            f"resume={value}: {path} has no checkpoints/{LAST}; pass a run dir such as "
+            "outputs/runs/<time>, a .ckpt file, or resume=last"
+        )
+    if path.is_file():
+        return path
+    raise CharRNNError(
+        f"resume={value}: no such run dir or checkpoint; use resume=last, a run dir such as "
+        "outputs/runs/<time>, or a .ckpt file"
+    )
+
+
+def recorded_overrides(checkpoint: dict, run_dir: Path) -> list[str]:
+    """The overrides the checkpoint's run was started with: recorded in the checkpoint, or else in
+    Hydra's <run>/.hydra/overrides.yaml."""
+    state = (checkpoint.get("callbacks") or {}).get(RECORD)
+    if isinstance(state, dict) and isinstance(state.get("overrides"), list):
+        return [str(o) for o in state["overrides"]]
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if saved.is_file():
+        listed = yaml.safe_load(saved.read_text(encoding="utf-8")) or []
+        return [str(o) for o in listed if override_key(str(o)) not in NOT_REPLAYED]
+    raise CharRNNError(
+        f"resume: cannot tell how {run_dir} was configured (no overrides in the checkpoint and no "
+        ".hydra/overrides.yaml); use ckpt_path=<file> with the run's original overrides instead"
+    )
+
+
+def merge_overrides(first: list[str], then: list[str]) -> list[str]:
+    """`first` with every key that `then` sets replaced by `then`'s value (flags kept in order)."""
+    later = {override_key(o) for o in then if override_key(o) is not None}
+    return [o for o in first if override_key(o) not in later] + list(then)
+
+
+def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
+    """Rewrites `train.py resume=X [overrides]` into the command that continues run X in place.
+
+    The result replays the run's recorded overrides (new ones on the command line win), starts
+    from its last.ckpt and sets hydra.run.dir to the run's own dir, so checkpoints, train.log and
+    TensorBoard events continue there. Hydra's record of this invocation goes to
+    <run>/.hydra/resume-<time>/, leaving the run's original .hydra files as they were.
+    """
+    args = argv[1:]
+    values = [a.split("=", 1)[1] for a in args if override_key(a) == "resume" and "=" in a]
+    if not values or values[-1] in ("", "null", "none", "None"):
+        return argv
+    if any(a in ("-m", "--multirun") for a in args):
+        raise CharRNNError("resume=... continues one run; drop -m/--multirun")
+    if any(override_key(a) == "ckpt_path" for a in args):
+        raise CharRNNError("give resume=... or ckpt_path=..., not both")
+    ckpt = locate_resume(values[-1], outputs).resolve()
+    if ckpt.parent.name != "checkpoints":
+        raise CharRNNError(
+            f"resume={values[-1]}: {ckpt} is not inside a run's checkpoints/ dir, so there is no "
+            "run to continue; start a new run from it with ckpt_path= and the original overrides"
+        )
+    run_dir = ckpt.parent.parent
+    replayed = recorded_overrides(read_checkpoint(ckpt, key="resume", mmap=True), run_dir)
+    new = [a for a in args if override_key(a) != "resume"]
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    continuing = [
+        f"resume={_quoted(values[-1])}",
+        f"ckpt_path={_quoted(ckpt)}",
+        f"hydra.run.dir={_quoted(run_dir)}",
+        f"hydra.output_subdir=.hydra/resume-{stamp}",
+    ]
+    return [argv[0], *merge_overrides(merge_overrides(replayed, new), continuing)]
