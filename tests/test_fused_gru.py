@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY, train_config
 from torch import nn
 
 from charrnn.errors import CharRNNError
-from charrnn.fused_gru import FusedGRU
+from charrnn.fused_gru import FusedGRU, GRURecurrence, bf16_matmul_supported
 from charrnn.net import CharRNN
 from charrnn.run.config import validate_train
 
@@ -172,14 +173,105 @@ def test_adam_steps_follow_the_nn_gru_model():
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-def test_mixed_precision_autocast_takes_the_nn_gru_path():
+def _close_in_bf16(actual, expected):
+    """bf16 keeps 8 significant bits (2^-8 relative): allow 8 such errors of the tensor's scale
+    for roundings of operands and products compounded over 24 steps and 2 layers."""
+    tolerance = expected.abs().max().item() / 32
+    torch.testing.assert_close(actual, expected, rtol=0, atol=tolerance)
+
+
+def _spy_on_recurrence(monkeypatch):
+    """The dtypes of gi that GRURecurrence sees, one per layer and call."""
+    seen, forward = [], GRURecurrence.forward
+
+    def spy(ctx, gi, *args):
+        seen.append(gi.dtype)
+        return forward(ctx, gi, *args)
+
+    monkeypatch.setattr(GRURecurrence, "forward", staticmethod(spy))
+    return seen
+
+
+def _refuse_nn_gru(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("nn.GRU.forward was called")
+
+    monkeypatch.setattr(nn.GRU, "forward", refuse)
+
+
+@pytest.mark.parametrize("entry", ["forward", "forward_ids"])
+def test_bf16_autocast_matches_fp32_nn_gru(monkeypatch, entry):
     torch.manual_seed(0)
-    auto, plain = CharRNN(20, "gru", 8, 16, impl="auto"), CharRNN(20, "gru", 8, 16, impl="torch")
-    plain.load_state_dict(auto.state_dict())
-    ids = torch.randint(20, (4, 12))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        (logits_a, _), (logits_p, _) = auto(ids), plain(ids)
-    assert logits_a.dtype == torch.bfloat16
-    torch.testing.assert_close(logits_a, logits_p)
-    logits_a.float().sum().backward()
-    assert auto.rnn.weight_hh_l0.grad is not None
+    reference = nn.GRU(16, 32, 2, batch_first=True)
+    fused = FusedGRU(16, 32, 2, batch_first=True)
+    fused.load_state_dict(reference.state_dict())
+    embedding = torch.randn(5, 16, requires_grad=True)
+    ids = torch.randint(5, (3, 24))  # more positions than rows: forward_ids takes its table path
+    h0 = torch.randn(2, 3, 32, requires_grad=True)
+
+    def run(module, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if autocast and entry == "forward_ids":
+                out, h_n = module.forward_ids(ids, embedding, h0)
+            else:
+                out, h_n = module(embedding[ids], h0)
+        loss = (out.sin() * torch.linspace(-1, 1, 32)).sum() + (h_n**2).sum()
+        return out, h_n, torch.autograd.grad(loss, [embedding, h0, *module.parameters()])
+
+    out_r, h_r, grads_r = run(reference, False)
+    _refuse_nn_gru(monkeypatch)
+    seen = _spy_on_recurrence(monkeypatch)
+    out_f, h_f, grads_f = run(fused, True)
+    assert seen == [torch.bfloat16, torch.bfloat16]  # both layers' products in bf16
+    assert out_f.dtype == h_f.dtype == torch.float32  # the state stays fp32, as in nn.GRU
+    _close_in_bf16(out_f, out_r)
+    _close_in_bf16(h_f, h_r)
+    assert len(grads_f) == 2 + 8
+    for g_f, g_r in zip(grads_f, grads_r, strict=True):
+        assert g_f.dtype == torch.float32
+        _close_in_bf16(g_f, g_r)
+
+
+def test_other_autocast_dtypes_take_the_nn_gru_path(monkeypatch):
+    _, fused = _pair(1, True, torch.float32)
+    seen = _spy_on_recurrence(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out, _ = fused(torch.randn(2, 12, 5))
+    assert seen == [] and out.shape == (2, 12, 7)
+
+
+def test_charrnn_learns_under_bf16_autocast_on_the_fused_path(monkeypatch):
+    torch.manual_seed(0)
+    text = "the cat sat on the mat. " * 20
+    vocab = sorted(set(text))
+    ids = torch.tensor([vocab.index(c) for c in text])
+    windows = ids[: 8 * 33].view(8, 33)  # batch 8, 32 steps of input and target
+    net = CharRNN(len(vocab), "gru", 16, 32, 2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    _refuse_nn_gru(monkeypatch)
+    seen = _spy_on_recurrence(monkeypatch)
+    losses = []
+    for _ in range(30):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, _ = net(windows[:, :-1])
+            loss = F.cross_entropy(logits.float().reshape(-1, len(vocab)), windows[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert logits.dtype == torch.bfloat16  # the head is an autocast product
+    assert set(seen) == {torch.bfloat16} and len(seen) == 2 * 30
+    assert all(p.grad.dtype == torch.float32 for p in net.parameters())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_bf16_matmul_support_follows_the_cpu_flags(monkeypatch):
+    assert isinstance(bf16_matmul_supported(), bool)
+    for flags, expected in [
+        ({"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, False),  # e.g. Skylake-X
+        ({"avx2": True}, False),
+        ({"avx512_f": True, "avx512_bf16": True}, True),  # e.g. AMD Zen 4, Cooper Lake
+        ({"avx512_f": True, "amx_bf16": True, "amx_tile": True}, True),  # Sapphire Rapids
+    ]:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
+        assert bf16_matmul_supported() is expected
