@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from charrnn.errors import CharRNNError
 
 # every value Lightning 2.6's Trainer accepts (ints and their strings too)
-PRECISIONS = (
-    *("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"),
+PRECISIONS = (  # auto is ours (charrnn.run.train.choose_precision)
+    *("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"),
     *("32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16"),
 )
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from charrnn.callbacks import HParamsMetric
 from charrnn.data import CharDataModule
 from charrnn.errors import CharRNNError
+from charrnn.fused_gru import bf16_matmul_supported
 from charrnn.model import CharLM
 from charrnn.run.guards import AtomicCheckpointIO, ResumeState, TrainingStopped
 from charrnn.run.sweep import update_result
@@ -60,19 +61,49 @@ class _JobLogging(L.Callback):
             logging.config.dictConfig(self.config)
 
 
+def choose_precision(precision, accelerator: str) -> tuple[str, str]:
+    """trainer.precision as Lightning takes it, and why: `auto` is bf16-mixed on a CPU that
+    multiplies bf16 matrices natively (AVX-512-BF16, AMX), 32-true anywhere else."""
+    if str(precision) != "auto":
+        return precision, "trainer.precision"
+    if accelerator != "cpu":
+        return "32-true", f"trainer.precision=auto on accelerator={accelerator}: set it to choose"
+    if bf16_matmul_supported():
+        return "bf16-mixed", "trainer.precision=auto: this CPU multiplies bf16 natively"
+    return "32-true", "trainer.precision=auto: this CPU has no native bf16 matrix products"
+
+
+def cpu_steal() -> tuple[int, int]:
+    """(steal, all) CPU time so far from /proc/stat: the hypervisor's share, which slows a run."""
+    try:
+        times = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (times[7] if len(times) > 7 else 0), sum(times)
+
+
 class RunResult(L.Callback):
-    """Records the run's outcome in run_dir/result.json when fitting ends (rank 0 only).
+    """Records the run's outcome in run_dir/result.json when fitting ends (rank 0 only), with the
+    precision that ran and why, and the CPU time the hypervisor took meanwhile (steal).
 
     Runs in the training process itself, which under spawn-based DDP is not the Hydra job's process:
     the numbers come from where they were measured.
     """
 
-    def __init__(self, run_dir):
-        self.run_dir = run_dir
+    def __init__(self, run_dir, precision_reason: str = ""):
+        self.run_dir, self.precision_reason = run_dir, precision_reason
+        self.steal_start = cpu_steal()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.steal_start = cpu_steal()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
+        (steal0, all0), (steal1, all1) = self.steal_start, cpu_steal()
+        steal = (steal1 - steal0) / (all1 - all0) if all1 > all0 else 0.0
+        if steal > 0.05:
+            log.warning("the hypervisor took %.0f%% of the CPU during this run", 100 * steal)
         best = pl_module.best_val_loss
         checkpoint = trainer.checkpoint_callback
         update_result(
@@ -85,6 +116,9 @@ class RunResult(L.Callback):
             best_checkpoint=(checkpoint.best_model_path or None) if checkpoint else None,
             world_size=trainer.world_size,
             threads=torch.get_num_threads(),
+            precision=trainer.precision,
+            precision_reason=self.precision_reason,
+            cpu_steal=round(steal, 4),
         )
 
 
@@ -131,12 +165,13 @@ def keep_freed_memory() -> None:
 
 
 def build(
-    cfg: DictConfig, overrides: list[str] | None = None
+    cfg: DictConfig, overrides: list[str] | None = None, run_dir: Path | None = None
 ) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer.
 
-    `overrides` (the run's command line) are recorded in every checkpoint, for resume=. The config
-    is checked before (charrnn.run.config.validate_train, by src/train.py).
+    `overrides` (the run's command line) are recorded in every checkpoint, for resume=; with
+    `run_dir` the outcome goes to its result.json. The config is checked before
+    (charrnn.run.config.validate_train, by src/train.py).
     """
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
@@ -156,8 +191,16 @@ def build(
     callbacks.append(HParamsMetric(_flat_params(cfg)))
     callbacks.append(ResumeState(overrides))
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None]
+    precision, why = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    log.info("precision %s (%s)", precision, why)
+    if run_dir is not None:
+        callbacks.append(RunResult(run_dir, why))
     trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        precision=precision,
     )
     return datamodule, module, trainer
 
@@ -176,7 +219,7 @@ def train(
         raise CharRNNError(
             "resume= is resolved by src/train.py before Hydra starts; from code, pass ckpt_path"
         )
-    datamodule, module, trainer = build(cfg, overrides)
+    datamodule, module, trainer = build(cfg, overrides, run_dir)
     params = sum(p.numel() for p in module.parameters())
     log.info(
         "corpus %s: %d train + %d val characters, vocabulary %d; model %s, %s parameters",
@@ -187,8 +230,6 @@ def train(
         cfg.model.cell,
         f"{params:,}",
     )
-    if run_dir is not None:
-        trainer.callbacks.append(RunResult(run_dir))
     launcher = trainer.strategy.launcher  # spawn-based DDP: new interpreters run the fit
     if (
         launcher is not None
