@@ -125,18 +125,43 @@ def timed(fn, *args, **kwargs) -> float:
 # ---------------------------------------------------------------------------------------- machine
 
 
+def steal_now() -> tuple[int, int]:
+    """(steal, all) CPU time so far, from /proc/stat: what the hypervisor took from this VM."""
+    try:
+        times = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (times[7] if len(times) > 7 else 0), sum(times)
+
+
+def steal_since(start: tuple[int, int]) -> float:
+    """The fraction of CPU time the hypervisor took since `start` (steal_now())."""
+    (s0, a0), (s1, a1) = start, steal_now()
+    return (s1 - s0) / (a1 - a0) if a1 > a0 else 0.0
+
+
+STEAL_FLAG = 0.05  # above this share of stolen CPU time a figure is marked as taken on a busy host
+
+
 class Machine:
-    """The fp32 matmul peak and the read bandwidths, probed at the start and again between runs.
+    """The fp32 (and, where the CPU has it, bf16) matmul peak and the read bandwidths, probed at
+    the start and again between runs.
 
     A busy moment only lowers a probe, so the best probe so far is taken as the machine's limit.
     """
 
     def __init__(self, plan: Plan, smoke: bool):
+        from charrnn.fused_gru import bf16_matmul_supported
+
         n = self.size = plan.matmul_size
         self.a, self.b = torch.randn(n, n), torch.randn(n, n)
+        self.bf16 = bf16_matmul_supported()
+        self.a16, self.b16 = self.a.bfloat16(), self.b.bfloat16()
         self.calls = 10 if smoke else 50
         self.recurrent = torch.randn(3072, 1024)  # GRU-1024's recurrent weights: 12.6 MB, in cache
         self.samples = {"matmul_gflops": [], "cache_read_gbps": [], "memory_read_gbps": []}
+        if self.bf16:
+            self.samples["bf16_matmul_gflops"] = []
         # 256 MB does not fit in any cache
         big = torch.randn(256, 1024) if smoke else torch.randn(16384, 4096)
         self.samples["memory_read_gbps"] = [_read_gbps(big, 2) for _ in range(2 if smoke else 5)]
@@ -146,6 +171,10 @@ class Machine:
         for _ in range(repeats):
             seconds = timed(torch.mm, self.a, self.b)
             self.samples["matmul_gflops"].append(2 * self.size**3 / seconds / 1e9)
+            if self.bf16:
+                torch.mm(self.a16, self.b16)  # oneDNN's first call sets the kernel up
+                seconds = timed(torch.mm, self.a16, self.b16)
+                self.samples["bf16_matmul_gflops"].append(2 * self.size**3 / seconds / 1e9)
             self.samples["cache_read_gbps"].append(_read_gbps(self.recurrent, self.calls))
 
     @property
@@ -153,11 +182,19 @@ class Machine:
         return max(self.samples["matmul_gflops"])
 
     @property
+    def peak_bf16_gflops(self) -> float | None:
+        return max(self.samples["bf16_matmul_gflops"]) if self.bf16 else None
+
+    @property
     def cache_gbps(self) -> float:
         return max(self.samples["cache_read_gbps"])
 
     def results(self) -> dict:
-        return {**{k: stats(v) for k, v in self.samples.items()}, "matmul_size": self.size}
+        return {
+            **{k: stats(v) for k, v in self.samples.items()},
+            "matmul_size": self.size,
+            "bf16_matmul": "supported" if self.bf16 else "unsupported",
+        }
 
 
 def _read_gbps(w: torch.Tensor, calls: int) -> float:
@@ -240,11 +277,13 @@ def compose_train(run_dir: Path, *overrides: str):
 
 
 class HandLoop:
-    """What a user writes instead: Embedding → nn.GRU/nn.LSTM → Linear, Adam, shuffled windows."""
+    """What a user writes instead: Embedding → nn.GRU/nn.LSTM → Linear, Adam, shuffled windows;
+    with `bf16`, the one line a user adds on a CPU with bf16 matrix units: an autocast around the
+    forward."""
 
-    def __init__(self, cell: str, plan: Plan, train_ids: np.ndarray, vocab_size: int):
+    def __init__(self, cell: str, plan: Plan, train_ids: np.ndarray, vocab_size: int, bf16: bool):
         torch.manual_seed(0)
-        self.plan, self.vocab_size = plan, vocab_size
+        self.plan, self.vocab_size, self.bf16 = plan, vocab_size, bf16
         rnn = nn.GRU if cell == "gru" else nn.LSTM
         self.embedding = nn.Embedding(vocab_size, plan.embedding_dim)
         self.rnn = rnn(plan.embedding_dim, plan.rnn_units, batch_first=True)
@@ -262,9 +301,10 @@ class HandLoop:
         starts = self.order[k * b : (k + 1) * b] * t
         block = self.data[starts[:, None] + torch.arange(t + 1)]
         inputs, targets = block[:, :-1], block[:, 1:]
-        out, _ = self.rnn(self.embedding(inputs))
-        logits = self.head(out)
-        loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out, _ = self.rnn(self.embedding(inputs))
+            logits = self.head(out)
+        loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), targets.reshape(-1))
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -274,7 +314,8 @@ class HandLoop:
 def hand_loop_worker(spec: str) -> int:
     """Child-process side of HandLoopProcess: one step per "step" line on stdin, seconds back."""
     spec = json.loads(spec)
-    loop = HandLoop(spec["cell"], Plan(**spec["plan"]), np.load(spec["ids"]), spec["vocab_size"])
+    plan, ids = Plan(**spec["plan"]), np.load(spec["ids"])
+    loop = HandLoop(spec["cell"], plan, ids, spec["vocab_size"], spec["bf16"])
     for line in sys.stdin:
         if line.strip() != "step":
             break
@@ -289,8 +330,9 @@ class HandLoopProcess:
     charrnn.run.train.build) can help it, and whichever side is not running waits on the pipe.
     """
 
-    def __init__(self, cell: str, plan: Plan, ids_file: Path, vocab_size: int):
+    def __init__(self, cell: str, plan: Plan, ids_file: Path, vocab_size: int, bf16: bool):
         spec = {"cell": cell, "plan": asdict(plan), "ids": str(ids_file), "vocab_size": vocab_size}
+        spec["bf16"] = bf16
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--hand-loop", json.dumps(spec)],
             stdin=subprocess.PIPE,
@@ -333,33 +375,46 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, machine: Machine) -> 
         f"data.path={corpus}",
         "experiment=tutorial",
     ]
-    variants = {  # (cell, name): the Lightning run's overrides; each is paired with the cell's loop
-        ("gru", "charrnn"): size,
-        ("gru", "charrnn_impl_torch"): [*size, "model.impl=torch"],
-        ("lstm", "charrnn"): [*size, "model=lstm"],
+    fp32 = "trainer.precision=32-true"
+    # (cell, name) -> (the Lightning run's overrides, the hand-written loop it is paired with)
+    variants = {
+        ("gru", "charrnn_32"): ([*size, fp32], "loop"),
+        ("gru", "charrnn_impl_torch"): ([*size, fp32, "model.impl=torch"], "loop"),
+        ("lstm", "charrnn_32"): ([*size, fp32, "model=lstm"], "loop"),
     }
+    if machine.bf16:  # trainer.precision=auto (the default) is bf16-mixed here
+        variants[("gru", "charrnn_auto")] = (size, "loop_bf16")
+        variants[("lstm", "charrnn_auto")] = ([*size, "model=lstm"], "loop_bf16")
     ids_file = workdir / "train_ids.npy"
     np.save(ids_file, train_ids)
-    loops = {cell: HandLoopProcess(cell, plan, ids_file, vocab.size) for cell in ("gru", "lstm")}
-    steps = {key: [] for key in [*variants, ("gru", "loop"), ("lstm", "loop")]}
-    ratios = {key: [] for key in steps}
+    loops = {
+        (cell, loop): HandLoopProcess(cell, plan, ids_file, vocab.size, loop == "loop_bf16")
+        for (cell, _), (_, loop) in variants.items()
+    }
+    steps = {key: [] for key in [*variants, *loops]}
+    ratios, steal = {key: [] for key in steps}, {key: [] for key in steps}
     for r in range(plan.rounds):
-        for (cell, name), overrides in variants.items():
+        for (cell, name), (overrides, loop) in variants.items():
             machine.probe()
+            started = steal_now()
             ours, theirs = lightning_paired(
-                overrides, plan, workdir / f"{cell}-{name}-{r}", loops[cell]
+                overrides, plan, workdir / f"{cell}-{name}-{r}", loops[(cell, loop)]
             )
+            stolen = steal_since(started)
             steps[(cell, name)] += ours
-            steps[(cell, "loop")] += theirs
+            steps[(cell, loop)] += theirs
             ratios[(cell, name)] += [lo / us for us, lo in zip(ours, theirs, strict=True)]
-            ratios[(cell, "loop")] += [1.0] * len(theirs)
+            ratios[(cell, loop)] += [1.0] * len(theirs)
+            steal[(cell, name)].append(stolen)
+            steal[(cell, loop)].append(stolen)
             print(
-                f"  train {cell} {name} round {r}: {median(ours):.3f} s/step, "
-                f"paired hand-written loop {median(theirs):.3f} s/step",
+                f"  train {cell} {name} round {r}: {median(ours):.3f} s/step, paired {loop} "
+                f"{median(theirs):.3f} s/step; steal {stolen:.1%}"
+                + ("  (busy host: above 5%)" if stolen > STEAL_FLAG else ""),
                 flush=True,
             )
-    for loop in loops.values():
-        loop.close()
+    for process in loops.values():
+        process.close()
     chars = plan.batch_size * plan.seq_length
     result = {
         "batch_size": plan.batch_size,
@@ -367,6 +422,7 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, machine: Machine) -> 
         "embedding_dim": plan.embedding_dim,
         "rnn_units": plan.rnn_units,
         "vocab_size": vocab.size,
+        "bf16": "supported" if machine.bf16 else "unsupported",
     }
     for (cell, name), seconds in steps.items():
         flops = train_flops(cell, plan, vocab.size)
@@ -374,13 +430,20 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, machine: Machine) -> 
             "step_s": stats(seconds),
             "chars_per_s": stats(chars / s for s in seconds),
             "mfu": stats(flops / s / 1e9 / machine.peak_gflops for s in seconds),
-            # loop step / our step, pair by pair: > 1 means faster than the hand-written loop
+            # paired loop step / our step, pair by pair: > 1 means faster than that loop
             "speed_vs_loop": stats(ratios[(cell, name)]),
+            "steal": stats(steal[(cell, name)]),
         }
-        if name == "charrnn":
+        if machine.bf16:
+            row["mfu_bf16"] = stats(flops / s / 1e9 / machine.peak_bf16_gflops for s in seconds)
+        if name.startswith("charrnn"):
             row["epoch_s_per_million_chars"] = stats(s / chars * 1e6 for s in seconds)
         result.setdefault(cell, {})[name] = row
         result[cell]["flops_per_step"] = flops
+    for cell in ("gru", "lstm"):  # the bf16 path against the fp32 loop: medians of two pairings
+        if machine.bf16:
+            auto, loop = result[cell]["charrnn_auto"], result[cell]["loop"]
+            auto["vs_fp32_loop"] = loop["step_s"]["median"] / auto["step_s"]["median"]
     return result
 
 
@@ -591,7 +654,12 @@ def table(results: dict) -> str:
             f"below): fp32 matmul {best['matmul_gflops']:.0f} GFLOP/s ({m['matmul_size']}² "
             f"torch.mm, median {m['matmul_gflops']['median']:.0f}); reads "
             f"{best['cache_read_gbps']:.0f} GB/s from cache (12.6 MB), "
-            f"{best['memory_read_gbps']:.0f} GB/s from memory (256 MB)"
+            f"{best['memory_read_gbps']:.0f} GB/s from memory (256 MB); bf16 matmul "
+            + (
+                f"{m['bf16_matmul_gflops']['max']:.0f} GFLOP/s"
+                if "bf16_matmul_gflops" in m
+                else "unsupported (no AVX-512-BF16/AMX)"
+            )
         )
     if "train" in results:
         t = results["train"]
@@ -600,27 +668,43 @@ def table(results: dict) -> str:
             f"Training: Embedding {t['embedding_dim']} → cell {t['rnn_units']} → Linear, "
             f"batch {t['batch_size']}×{t['seq_length']}, Adam (MFU vs the matmul peak)"
         )
-        lines.append(f"  {'':48} {'chars/s':>22} {'s/step':>7} {'MFU':>5} {'vs loop':>8}")
+        lines.append(
+            f"  {'':52} {'chars/s':>22} {'s/step':>7} {'MFU':>5} {'MFU16':>5} "
+            f"{'vs pair':>8} {'steal':>6}"
+        )
         names = {
-            "charrnn": "charrnn (Lightning), default model.impl",
-            "charrnn_impl_torch": "charrnn (Lightning), model.impl=torch",
-            "loop": "hand-written PyTorch loop",
+            "charrnn_32": "charrnn, precision=32-true",
+            "charrnn_impl_torch": "charrnn, precision=32-true, model.impl=torch",
+            "charrnn_auto": "charrnn, precision=auto (bf16-mixed here)",
+            "loop": "hand-written PyTorch loop, fp32",
+            "loop_bf16": "hand-written loop + bf16 autocast",
         }
         for cell in ("gru", "lstm"):
             for name, row in t[cell].items():
                 if name == "flops_per_step":
                     continue
                 label = f"{cell.upper()}: {names[name]}"
+                mfu16 = f"{row['mfu_bf16']['median']:5.0%}" if "mfu_bf16" in row else "    -"
+                busy = " *" if row["steal"]["max"] > STEAL_FLAG else ""
                 lines.append(
-                    f"  {label:48} {fmt(row, 'chars_per_s'):>22} "
-                    f"{row['step_s']['median']:7.2f} {row['mfu']['median']:5.0%} "
-                    f"{row['speed_vs_loop']['median']:7.2f}×"
+                    f"  {label:52} {fmt(row, 'chars_per_s'):>22} "
+                    f"{row['step_s']['median']:7.2f} {row['mfu']['median']:5.0%} {mfu16} "
+                    f"{row['speed_vs_loop']['median']:7.2f}× {row['steal']['max']:6.1%}{busy}"
                 )
-        for cell in ("gru", "lstm"):
-            lines.append(
-                f"  epoch time per million characters, {cell.upper()}: "
-                f"{fmt(t[cell]['charrnn'], 'epoch_s_per_million_chars')} s"
-            )
+            if t["bf16"] == "unsupported":
+                lines.append(
+                    f"  {cell.upper()}: bf16 rows: unsupported (no native bf16 on this CPU)"
+                )
+            else:
+                auto = t[cell]["charrnn_auto"]
+                lines.append(
+                    f"  {cell.upper()}: charrnn auto is {auto['vs_fp32_loop']:.2f}× the fp32 loop "
+                    f"(epoch per million chars: {fmt(auto, 'epoch_s_per_million_chars')} s)"
+                )
+        lines.append(
+            "  vs pair: against the loop it ran interleaved with (32-true: fp32 loop; auto: bf16 "
+            "loop); MFU vs the fp32 peak, MFU16 vs the bf16 peak; * steal above 5%"
+        )
     if "generate" in results:
         g = results["generate"]
         lines.append("")
@@ -725,11 +809,16 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),
+        "cpu_flags": {  # what torch's cpuinfo reports, for the matrix paths that matter here
+            k: v
+            for k, v in torch.cpu.get_capabilities().items()
+            if k in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+        },
         "python": platform.python_version(),
         "numpy": np.__version__,
         "plan": asdict(plan),
     }
-    results = {"meta": meta}
+    results, stolen_from = {"meta": meta}, steal_now()
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
         workdir = Path(tmp)
         if args.smoke and not args.corpus:
@@ -751,12 +840,15 @@ def main(argv=None) -> int:
         if "startup" in sections:
             results["startup"] = startup_section(plan, corpus, workdir)
     results["meta"]["seconds"] = time.perf_counter() - started
+    results["meta"]["steal"] = steal_since(stolen_from)  # the hypervisor's share over the run
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     print()
     print(table(results))
-    print(f"\n{results['meta']['seconds']:.0f} s; results in {out}")
+    stolen = results["meta"]["steal"]
+    busy = " (above 5%: a busy host, figures are low)" if stolen > STEAL_FLAG else ""
+    print(f"\n{results['meta']['seconds']:.0f} s, steal {stolen:.1%}{busy}; results in {out}")
     return 0
 
 

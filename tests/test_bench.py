@@ -35,10 +35,14 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert _is_stats(results["machine"]["matmul_gflops"])
     for cell in ("gru", "lstm"):
         rows = results["train"][cell]
-        assert {"charrnn", "loop"} <= set(rows)
-        for name in ("charrnn", "loop"):
+        assert {"charrnn_32", "loop"} <= set(rows)
+        for name in ("charrnn_32", "loop"):
             assert all(_is_stats(rows[name][k]) for k in ("chars_per_s", "mfu", "speed_vs_loop"))
-        assert rows["charrnn"]["chars_per_s"]["min"] > 0
+        assert rows["charrnn_32"]["chars_per_s"]["min"] > 0
+        assert 0 <= rows["charrnn_32"]["steal"]["max"] <= 1
+        # the bf16 rows (charrnn auto, the autocast loop) exactly where the CPU has bf16 units
+        bf16 = results["train"]["bf16"] == "supported"
+        assert ("charrnn_auto" in rows) == ("loop_bf16" in rows) == bf16
         for batch in ("batch1", "batch5"):
             row = results["generate"][cell][batch]
             assert _is_stats(row["sampler_chars_per_s"]) and _is_stats(row["loop_chars_per_s"])
