@@ -17,7 +17,7 @@ def _events(run_dir: Path) -> EventAccumulator:
 
 def test_train_cli_writes_checkpoints_scalars_and_one_sample_per_epoch(tmp_path: Path):
     corpus = tmp_path / "play.txt"
-    corpus.write_text(make_text(30_000))
+    corpus.write_text(make_text(12_000))
     result = run_cli("train.py", f"data.path={corpus}", *TINY, "trainer.max_epochs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
