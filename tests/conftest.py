@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import http.server
+import os
 import random
 import subprocess
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -63,17 +68,122 @@ def train_config(run_dir: Path, *overrides: str) -> DictConfig:
 TINY = ("size=tiny", "data.seq_length=20", "data.batch_size=16", "data.val_streams=4")
 
 
+def _command(script: str, args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, str(ROOT / "src" / script), *args]
+
+
+def _environ(env: dict | None) -> dict:
+    """The test's environment without HYDRA_FULL_ERROR (a developer's shell may set it), plus
+    `env`."""
+    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return {**environ, **(env or {})}
+
+
 def run_cli(
-    script: str, *args: str, cwd: Path, timeout: float = 300
+    script: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Runs one of the real entry points (src/<script>) in a subprocess."""
+    """Runs one of the real entry points (src/<script>) to its end in a subprocess."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "src" / script), *args],
+        _command(script, args),
         cwd=cwd,
+        env=_environ(env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli(script: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Starts src/<script> like run_cli, without waiting: stdout and stderr in one pipe, read
+    with finish() (for tests that signal the running command)."""
+    return subprocess.Popen(
+        _command(script, args),
+        cwd=cwd,
+        env=_environ(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """Waits for a start_cli command to end; its whole output."""
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def error_line(result: subprocess.CompletedProcess | tuple[int, str]) -> str:
+    """The command failed with exit code 1, without a traceback, and said why in exactly one
+    `error:` line, which is returned. `result`: run_cli's, or (returncode, output) of start_cli."""
+    if isinstance(result, subprocess.CompletedProcess):
+        code, out = result.returncode, result.stdout + result.stderr
+    else:
+        code, out = result
+    assert code == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    lines = [line for line in out.splitlines() if "error: " in line]
+    assert len(lines) == 1, out[-3000:]
+    return lines[0]
+
+
+# ------------------------------------------------------------------ one local HTTP test server
+
+SERVED = make_text(3000, seed=3).encode()  # the "right" file the test server serves
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """/<dir>/corpus.txt: SERVED; wrong.txt: a tampered copy; slow.txt: no answer until the
+    server stops; truncated.txt: 500 of the 3000 bytes its Content-Length promises; else 404."""
+
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def _send(self, body: bytes, length: int | None = None):
+        self.send_response(200)
+        self.send_header("Content-Length", str(length if length is not None else len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.server.hits[self.path] += 1
+        name = self.path.rsplit("/", 1)[-1]
+        if name == "corpus.txt":
+            self._send(SERVED)
+        elif name == "wrong.txt":
+            self._send(SERVED.replace(b"the", b"THE"))
+        elif name == "slow.txt":
+            self.server.stopping.wait(60)  # the client gives up first (its timeout)
+        elif name == "truncated.txt":
+            self._send(SERVED[:500], length=len(SERVED))  # promises more than it sends, closes
+        else:
+            self.send_error(404, "Not Found")
+
+
+@dataclass
+class Server:
+    url: str  # http://127.0.0.1:<port>
+    hits: collections.Counter  # path -> how many requests it got
+
+
+@pytest.fixture(scope="session")
+def _httpd():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.hits = collections.Counter()
+    httpd.stopping = threading.Event()
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.stopping.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def server(_httpd) -> Server:
+    """The session's local web server (see _Handler), its request counts reset for this test."""
+    _httpd.hits.clear()
+    return Server(f"http://127.0.0.1:{_httpd.server_address[1]}", _httpd.hits)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, make_text, train_config
+from conftest import ROOT, TINY, finish, make_text, start_cli, train_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charrnn.data import CharDataModule
@@ -31,23 +31,6 @@ QUIET = (
     "callbacks.sample_text.length=20",
     "trainer.log_every_n_steps=1",
 )
-
-
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "src" / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    return out
 
 
 def one_run(cwd: Path) -> Path:
@@ -104,8 +87,8 @@ def test_sigkill_then_resume_last_matches_an_uninterrupted_run(small_corpus, tmp
     ]
     (tmp_path / "straight").mkdir()
     (tmp_path / "killed").mkdir()
-    straight = start(*args, cwd=tmp_path / "straight")
-    killed = start(*args, cwd=tmp_path / "killed")
+    straight = start_cli("train.py", *args, cwd=tmp_path / "straight")
+    killed = start_cli("train.py", *args, cwd=tmp_path / "killed")
     # kill as soon as a mid-epoch checkpoint (step 20, 25, 30 ...: epochs are 16 steps) exists
     step = wait_for_checkpoint(
         killed, tmp_path / "killed", ok=lambda s: s >= 18 and s % STEPS_PER_EPOCH
@@ -118,7 +101,7 @@ def test_sigkill_then_resume_last_matches_an_uninterrupted_run(small_corpus, tmp
     resumed_from = on_disk["global_step"]
     assert resumed_from >= step
 
-    resumed = start("resume=last", cwd=tmp_path / "killed")
+    resumed = start_cli("train.py", "resume=last", cwd=tmp_path / "killed")
     out = finish(resumed)
     assert resumed.returncode == 0, (resumed_from, out[-3000:])
     assert f"Restoring states from the checkpoint path at {run}" in out
@@ -129,7 +112,7 @@ def test_sigkill_then_resume_last_matches_an_uninterrupted_run(small_corpus, tmp
     # the configured number of epochs and steps, no more
     final = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert (final["epoch"], final["global_step"]) == (2, 3 * STEPS_PER_EPOCH)
-    assert not list((run / "checkpoints").glob(".*.tmp"))  # a killed save's temp file is gone
+    assert not list((run / "checkpoints").glob(".*.part"))  # a killed save's temp file is gone
 
     # one TensorBoard run whose train/loss continues where the checkpoint was
     before, after = scalars(run, "train/loss")
@@ -217,7 +200,8 @@ def test_resume_at_an_epoch_end_keeps_the_plateau_schedule(small_corpus, tmp_pat
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_stop_after_writing_last_ckpt(signum, small_corpus, tmp_path):
-    proc = start(
+    proc = start_cli(
+        "train.py",
         *TINY,
         *QUIET,
         f"data.path={small_corpus}",
@@ -225,9 +209,9 @@ def test_ctrl_c_and_sigterm_stop_after_writing_last_ckpt(signum, small_corpus, t
         "callbacks.last_checkpoint.every_n_train_steps=1000",
         cwd=tmp_path,
     )
-    # last.ckpt is first written at the end of epoch 0; signal during epoch 1
+    # last.ckpt is first written at the end of epoch 0 (step 16), after that epoch's last check
+    # for a signal: one sent once it exists is acted on at the end of a batch of epoch 1
     wait_for_checkpoint(proc, tmp_path)
-    time.sleep(0.3)
     proc.send_signal(signum)
     out = finish(proc)
     assert proc.returncode == 128 + signum, out[-3000:]
@@ -274,7 +258,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_weights_made_non_finite_by_the_optimiser_are_never_saved(small_corpus, tmp_path):
     """Adam with eps=0 divides 0 by 0 on its first step: stopped at step 1, no checkpoint."""
-    proc = start(
+    proc = start_cli(
+        "train.py",
         *TINY,
         *QUIET,
         f"data.path={small_corpus}",
@@ -293,7 +278,9 @@ def test_weights_made_non_finite_by_the_optimiser_are_never_saved(small_corpus, 
 def finished_run(small_corpus, tmp_path_factory) -> Path:
     """A completed 2-epoch run, in its own working directory."""
     cwd = tmp_path_factory.mktemp("finished")
-    proc = start(*TINY, *QUIET, f"data.path={small_corpus}", "trainer.max_epochs=2", cwd=cwd)
+    proc = start_cli(
+        "train.py", *TINY, *QUIET, f"data.path={small_corpus}", "trainer.max_epochs=2", cwd=cwd
+    )
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     return one_run(cwd)
@@ -314,7 +301,8 @@ def test_resume_with_an_absurd_lr_stops_and_changes_no_file(finished_run):
     """The lr given on resume is applied (Lightning alone would restore the saved one); this one
     overflows in the first step: a one-line error, and every file of the run is as it was."""
     before = _snapshot(finished_run)
-    proc = start(
+    proc = start_cli(
+        "train.py",
         f"resume={finished_run}",
         "trainer.max_epochs=3",
         "optimizer.lr=1e38",
@@ -331,7 +319,8 @@ def test_resume_on_another_alphabet_is_refused_and_changes_no_file(finished_run,
     other = tmp_path / "other.txt"
     other.write_text(make_text(6000).replace("?", "¿"), encoding="utf-8")
     before = _snapshot(finished_run)
-    proc = start(
+    proc = start_cli(
+        "train.py",
         f"resume={finished_run}",
         f"data.path={other}",
         "trainer.max_epochs=3",
@@ -397,29 +386,50 @@ def test_train_loader_resumes_mid_epoch_with_the_same_batches(small_corpus, stat
     assert len(list(again)) == len(batches)
 
 
-def test_atomic_save_survives_a_kill_at_any_moment(tmp_path):
-    """A process rewriting a 16 MB checkpoint in a loop is SIGKILLed: the file always loads."""
+def test_a_kill_in_the_middle_of_a_save_leaves_the_old_file(tmp_path):
+    """A process that has written half of a new checkpoint's temp file is SIGKILLed: last.ckpt is
+    still the old, complete file; the next save clears the temp file the kill left behind."""
     script = (
-        "import sys, torch\n"
+        "import io, sys, torch\n"
         "from charrnn.run.guards import AtomicCheckpointIO\n"
-        "io = AtomicCheckpointIO()\n"
-        "for i in range(10**6):\n"
-        "    io.save_checkpoint({'state_dict': {'w': torch.full((4 << 20,), float(i))},"
-        " 'hyper_parameters': {'vocab': 'ab'}, 'i': i}, sys.argv[1])\n"
+        "def ckpt(i):\n"
+        "    return {'state_dict': {'w': torch.full((1 << 16,), float(i))},"
+        " 'hyper_parameters': {'vocab': 'ab'}, 'i': i}\n"
+        "saver = AtomicCheckpointIO()\n"
+        "saver.save_checkpoint(ckpt(1), sys.argv[1])\n"
+        "real_save = torch.save\n"
+        "def half_then_wait(obj, f):\n"
+        "    buffer = io.BytesIO()\n"
+        "    real_save(obj, buffer)\n"
+        "    f.write(buffer.getvalue()[: buffer.tell() // 2])\n"
+        "    f.flush()\n"
+        "    print('inside the write', flush=True)\n"
+        "    sys.stdin.read()  # until the parent kills us\n"
+        "torch.save = half_then_wait\n"
+        "saver.save_checkpoint(ckpt(2), sys.argv[1])\n"
     )
     path = tmp_path / "last.ckpt"
-    for delay in (0.8, 1.3):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, str(path)],
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        )
-        while not path.exists():
-            time.sleep(0.02)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        loaded = read_checkpoint(path, ours=False)
-        assert torch.equal(loaded["state_dict"]["w"], torch.full((4 << 20,), float(loaded["i"])))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "inside the write\n"
+        (part,) = tmp_path.glob(".last.ckpt.*.part")  # write_atomically's temp file, half-full
+        assert 0 < part.stat().st_size < path.stat().st_size
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    loaded = read_checkpoint(path, ours=False)
+    assert loaded["i"] == 1 and torch.equal(loaded["state_dict"]["w"], torch.full((1 << 16,), 1.0))
+    assert part.exists()  # nothing ran after the kill
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "i": 3}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert read_checkpoint(path, ours=False)["i"] == 3
 
 
 def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):

@@ -108,6 +108,7 @@ def test_each_job_is_its_own_tensorboard_run_in_the_hparams_view(grid):
     for run, tags in content.items():
         job_dir = sweep / run.split("/")[0]
         assert run == f"{job_dir.name}/tensorboard" and job_dir.name.split("_", 1)[0].isdigit()
+        assert "model.rnn_units=" in job_dir.name  # a job's dir is named by its overrides too
         experiment = hparams_metadata.parse_experiment_plugin_data(
             tags[hparams_metadata.EXPERIMENT_TAG]
         )
