@@ -17,24 +17,31 @@ from charrnn.run.checkpoints import load, resolve
 from charrnn.sampling import Sampler, seed_generator
 
 META = "charrnn.json"  # the archive's extra file (ONNX: metadata key) with vocab and state sizes
-CHECKS = [
-    ("", 64, 0.0, 0, 2, 0),
-    ("", 64, 1.0, 5, 2, 1),
-]  # prompt (vocab[0]), length, T, k, rows, seed
+# what the written file must reproduce: (prompt, "" = the first character), length, T, k, rows, seed
+CHECKS = [("", 64, 0.0, 0, 2, 0), ("", 64, 1.0, 5, 2, 1)]
+
+
+def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
+    """Example inputs of the sampler's step (2 rows) and their dynamic shapes (rows are free)."""
+    known, rows = sampler.vocab.unk_id, torch.export.Dim("rows", min=1)
+    state = [torch.zeros(2, n) for n in sampler.state_sizes]
+    args = (torch.zeros(2, dtype=torch.long), torch.zeros(2, known), torch.tensor([known - 1]))
+    return (*args, state), ({0: rows}, {0: rows}, None, [{0: rows}] * len(state))
 
 
 def step_program(sampler: Sampler) -> torch.export.ExportedProgram:
     """The sampler's step as a graph whose number of rows is free."""
-    known, rows = sampler.vocab.unk_id, torch.export.Dim("rows", min=1)
-    state = [torch.zeros(2, n) for n in sampler.state_sizes]
-    args = (torch.zeros(2, dtype=torch.long), torch.zeros(2, known), torch.tensor([known - 1]))
-    dynamic = ({0: rows}, {0: rows}, None, [{0: rows}] * len(state))
+    args, dynamic = step_inputs(sampler)
     with torch.no_grad():
-        return torch.export.export(sampler.step, (*args, state), dynamic_shapes=dynamic)
+        return torch.export.export(sampler.step, args, dynamic_shapes=dynamic)
 
 
-def check_reload(sampler: Sampler, loaded: Sampler, out: Path, greedy_only: bool = False) -> None:
-    """Raises unless `loaded` (the written file) generates what `sampler` generates."""
+def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, greedy_only=False):
+    """Raises unless the written file kept `meta` (read back as the string `found`) and its `step`
+    generates what `sampler` generates."""
+    if json.loads(found or "null") != meta:
+        raise CharRNNError(f"out: the file written for {out} lost its {META}")
+    loaded = Sampler(None, sampler.vocab, step, meta["state"])
     for prompt, *options, seed in CHECKS[:1] if greedy_only else CHECKS:
         prompt = prompt or sampler.vocab.chars[0]
         want = sampler.generate(prompt, *options, seed_generator(seed))
@@ -49,9 +56,7 @@ def save_pt2(sampler: Sampler, out: Path, meta: dict) -> None:
     out.write_bytes(buffer.getvalue())
     extra = {META: ""}
     step = torch.export.load(io.BytesIO(out.read_bytes()), extra_files=extra).module()
-    if json.loads(extra[META]) != meta:
-        raise CharRNNError(f"out: the file written for {out} lost its {META}")
-    check_reload(sampler, Sampler(None, sampler.vocab, step, meta["state"]), out)
+    check_reload(sampler, out, meta, extra[META], step)
 
 
 def save_onnx(sampler: Sampler, out: Path, meta: dict) -> None:
