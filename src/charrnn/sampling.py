@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
-CHUNK = 32  # steps per call into the scripted loop: noise is drawn and on_step called per chunk
+CHUNK = 32  # steps per chunk: Gumbel noise is drawn and on_step called once per chunk
 
 
+SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
 
 
@@ -158,12 +159,18 @@ class StepNet(nn.Module):
 def gumbel_noise(steps: int, rows: int, known: int, temperature: float, generators) -> Tensor:
     """temperature * Gumbel noise [steps, rows, known] for a chunk: argmax(logits + noise) draws
     from softmax(logits / T). One generator for all rows, or one per row (then a row's text does
-    not depend on the other rows). Out of place, as an exported file's user would write it."""
+    not depend on the other rows). Small chunks take the log in pieces, which run serially (waking
+    threads costs more); the values are those of u.log().neg().log().neg() * T, as an exported
+    file's user writes it."""
     if len(generators) == 1:
         u = torch.rand([steps, rows, known], generator=generators[0])
     else:
         u = torch.stack([torch.rand([steps, known], generator=g) for g in generators], 1)
-    return u.log().neg().log().neg() * temperature
+    flat = u.view(-1)
+    piece = SERIAL_LOG if flat.numel() <= 16 * SERIAL_LOG else flat.numel()
+    for at in range(0, flat.numel(), piece):
+        flat[at : at + piece].log_().neg_().log_().neg_()
+    return u.mul_(temperature)
 
 
 def seed_generator(seed: int) -> torch.Generator:
