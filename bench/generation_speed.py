@@ -71,7 +71,7 @@ def measure_generation(
         "sampler": lambda b, g: sampler.generate(prompt, length, temperature, 0, b, g),
         "tutorial": lambda b, g: tutorial_generate(plain, vocab, prompt, length, temperature, b, g),
     }
-    for way in ways.values():  # warm-up: TorchScript profiling runs, allocator, caches
+    for way in ways.values():  # warm-up: allocator, caches
         for batch in batches:
             way(batch, seed_generator(0))
     speeds: dict[str, list[float]] = {f"{w}_b{b}": [] for b in batches for w in ways}

@@ -1,4 +1,4 @@
-"""Export a checkpoint as one TorchScript file: `python src/export.py ckpt=last out=gen.pt`."""
+"""Export a checkpoint as one generator file: `python src/export.py ckpt=last out=gen.pt2`."""
 
 import hydra
 from omegaconf import DictConfig

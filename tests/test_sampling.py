@@ -5,7 +5,7 @@ import torch
 
 from charrnn.errors import CharRNNError
 from charrnn.net import CharRNN
-from charrnn.sampling import Sampler, StepGenerator, seed_generator
+from charrnn.sampling import Sampler, seed_generator
 from charrnn.vocab import Vocab
 
 VOCAB = Vocab("\n !,.:?ADEIJLMNORTUaeghilnorstuy")
@@ -26,14 +26,6 @@ def make_net(cell="gru", layers=1, vocab=VOCAB, scale=3.0, seed=0, recurrent=1.0
 CELLS = [("gru", 1), ("lstm", 1), ("gru", 3), ("lstm", 2)]
 
 
-def make_sampler(net: CharRNN, split: bool = False) -> Sampler:
-    """split=True: rows > 1 take the two-halves batched product that big models get."""
-    sampler = Sampler(net, VOCAB)
-    if split:
-        sampler.core = torch.jit.script(StepGenerator(net, VOCAB.chars, split_min=0))
-    return sampler
-
-
 @pytest.mark.parametrize("cell,layers", CELLS)
 def test_greedy_is_the_models_argmax_step_by_step(cell, layers):
     net = make_net(cell, layers, seed=1, recurrent=3.0)
@@ -48,19 +40,22 @@ def test_greedy_is_the_models_argmax_step_by_step(cell, layers):
     assert "".join(VOCAB.chars[i] for i in logits.argmax(1).tolist()) == text
 
 
-@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("cell,layers", CELLS)
-def test_step_logits_equal_the_models_logits(cell, layers, split):
+def test_step_logits_equal_the_models_logits(cell, layers):
+    """Noise = -(the model's logits) + 1e-3 at one character makes the step pick that character
+    only if every one of its logits is within 1e-3 of the model's."""
     net = make_net(cell, layers, scale=1.0)
-    core = make_sampler(net, split).core
+    step = Sampler(net, VOCAB).step
     ids = torch.tensor(VOCAB.encode("ROMEO: Good night, sweet JULIET!"))
+    known = VOCAB.unk_id
     with torch.no_grad():
-        expected = net(ids[None])[0][0, :, : VOCAB.unk_id]
-    for k in (1, 2, 7, len(ids)):
-        state, pending = core.start(ids[:k], 3)  # the prompt pass, then one step
-        logits = core._logits(pending, state)
-        assert logits.shape == (3, VOCAB.unk_id)
-        torch.testing.assert_close(logits, expected[k - 1].expand(3, -1), atol=1e-5, rtol=1e-5)
+        expected = net(ids[None])[0][0, :, :known]
+        state = [torch.zeros(3, n) for n in step.state_sizes()]
+        for k in range(len(ids)):
+            picks = torch.tensor([k, k + 7, k + 13]) % known
+            noise = -expected[k].expand(3, -1) + 1e-3 * torch.eye(known)[picks]
+            pending, state = step(ids[k].expand(3), noise, None, state)
+            assert pending.tolist() == picks.tolist()
 
 
 @pytest.mark.parametrize("cell,layers", CELLS)
@@ -76,9 +71,9 @@ def test_same_seed_same_text_and_other_seed_other_text(cell, layers):
 
 
 @pytest.mark.parametrize("cell,layers", CELLS)
-@pytest.mark.parametrize("top_k,split", [(0, False), (5, False), (0, True)])
-def test_batched_rows_equal_each_row_alone(cell, layers, top_k, split):
-    sampler = make_sampler(make_net(cell, layers), split)
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_batched_rows_equal_each_row_alone(cell, layers, top_k):
+    sampler = Sampler(make_net(cell, layers), VOCAB)
     generators = [seed_generator(100 + row) for row in range(4)]
     batch = sampler.generate("ROMEO:", 150, 0.9, top_k, 4, generators)
     alone = [

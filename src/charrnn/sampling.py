@@ -1,29 +1,26 @@
 """The one stateful sampler: shared by the training callback, the generate CLI and the export.
 
 A generation step reads each weight matrix once, with one matrix product per layer: the input
-side of layer 0 is a row of a table holding every vocabulary entry's projection
-(Embedding @ W_ih^T + b_ih), and each new hidden state is multiplied in one product by everything
-that reads it (its own next recurrent step, and the layer above or the output head). Sampling is
-a Gumbel-max argmax over noise drawn once per chunk of steps. The step loop is TorchScript
-(`StepGenerator`): a step costs a few C++ op calls, no Python, and the very same scripted code
-is what `charrnn.export` saves, so generate.py and the exported file agree exactly.
+side of layer 0 is a row of a table holding every vocabulary entry's projection, and each new
+hidden state is multiplied in one product by everything that reads it (its own next recurrent
+step, and the layer above or the output head). Sampling is a Gumbel-max argmax over noise drawn
+once per chunk of steps. The step (`StepNet`) is plain eager tensor ops, and the very same module
+is what `charrnn.run.export` saves (torch.export, ONNX), so generate.py and the files agree.
 """
 
 import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
-CHUNK = 32  # steps per call into the scripted loop: noise is drawn and on_step called per chunk
-SPLIT_MIN = 1 << 20  # weights of at least this many elements get the two-halves batched product
+CHUNK = 32  # steps per chunk: Gumbel noise is drawn and on_step called once per chunk
+
+
 SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
-
-
 UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
 
 
@@ -79,222 +76,101 @@ def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefi
         )
 
 
-class StepGenerator(nn.Module):
-    """A CharRNN's weights laid out for generation, and the scripted generation loop.
+class StepNet(nn.Module):
+    """A CharRNN's weights laid out for generation; `forward` is one step for every row.
 
-    Built from a trained CharRNN (eval semantics: no dropout). Every new hidden state is
-    multiplied once, by everything that reads it: layer l's h goes through one product with
-    [W_hh_l | W_ih_l+1] (the top layer's with [W_hh | head]), giving its own recurrent part for
-    the next step and the next layer's input (or the logits) now. Rows of a batch share every
-    weight read. It holds the vocabulary too, so a saved TorchScript copy runs with only torch.
+    Built from a trained CharRNN (eval semantics: no dropout). Layer 0's input side is a row of a
+    table of every character's projection; every new hidden state is multiplied once, by
+    everything that reads it: layer l's h goes through one product with [W_hh_l | W_ih_l+1] (the
+    top layer's with [W_hh | head]), giving its own recurrent part for the next step and the next
+    layer's input (or the logits) now. The recurrent parts are carried without b_hh (folded into
+    the input side; a GRU adds b_hn where r gates it), so the state at the start is all zeros.
+    Plain tensor ops, no Python state: the same module is what torch.export and ONNX save.
     """
 
-    lstm: bool
-    split_min: int
-    serial_log: int
-    num_layers: int
-    hidden_size: int
-    gates: int
-    known: int
-    chunk: int
-    chars: list[str]
-    index: dict[str, int]
-    reads: list[Tensor]
-    read_bias: list[Tensor]
-
-    def __init__(self, net: nn.Module, chars: str, split_min: int = SPLIT_MIN):
+    def __init__(self, net: nn.Module, known: int):
         super().__init__()
         rnn, head = net.rnn, net.head
-        self.split_min, self.serial_log = split_min, SERIAL_LOG
         self.lstm = isinstance(rnn, nn.LSTM)
-        self.num_layers = rnn.num_layers
-        self.hidden_size = rnn.hidden_size
-        self.gates = (4 if self.lstm else 3) * self.hidden_size
-        self.known = len(chars)  # the unknown id (= known) gets no logit, so it is never drawn
-        self.chunk = CHUNK
-        self.chars = list(chars)
-        self.index = {c: i for i, c in enumerate(chars)}
-        with torch.no_grad():
-            weight = lambda name: getattr(rnn, name).detach().float()  # noqa: E731
-            emb = net.embedding.weight.detach().float()
-            # layer 0's input projection of every vocabulary entry: a step's input is a row lookup
-            self.table = torch.addmm(weight("bias_ih_l0"), emb, weight("weight_ih_l0").t())
-            self.reads, self.read_bias = [], []
-            for layer in range(self.num_layers):
-                if layer + 1 < self.num_layers:  # what this layer's h feeds besides itself
-                    w_out = weight(f"weight_ih_l{layer + 1}")
-                    b_out = weight(f"bias_ih_l{layer + 1}")
-                else:
-                    w_out = head.weight.detach().float()[: self.known]
-                    b_out = head.bias.detach().float()[: self.known]
-                w = torch.cat([weight(f"weight_hh_l{layer}"), w_out])  # [G + out, H]
-                b = torch.cat([weight(f"bias_hh_l{layer}"), b_out])
-                if w.shape[0] % 2:  # an even width lets several rows split it in halves
-                    w, b = F.pad(w, (0, 0, 0, 1)), F.pad(b, (0, 1))
-                # transposed and contiguous: h [B, H] @ W [H, G + out] streams W once for all rows
-                self.reads.append(w.t().contiguous())
-                self.read_bias.append(b)
+        self.layers, self.size = rnn.num_layers, rnn.hidden_size
+        size = self.size
+        self.gates = (4 if self.lstm else 3) * size
+        weight = lambda name: getattr(rnn, name).detach().float()  # noqa: E731
+        hh_bias = []  # what of b_hh is added to the input side (all but a GRU's b_hn)
+        for layer in range(self.layers):
+            b = weight(f"bias_hh_l{layer}").clone()
+            if not self.lstm:
+                self.register_buffer(f"b_hn{layer}", b[2 * size :].clone())
+                b[2 * size :] = 0
+            hh_bias.append(b)
+        emb = net.embedding.weight.detach().float()
+        self.register_buffer(
+            "table", emb @ weight("weight_ih_l0").t() + weight("bias_ih_l0") + hh_bias[0]
+        )
+        for layer in range(self.layers):
+            if layer + 1 < self.layers:  # what this layer's h feeds besides itself
+                w_out = weight(f"weight_ih_l{layer + 1}")
+                b_out = weight(f"bias_ih_l{layer + 1}") + hh_bias[layer + 1]
+            else:  # the unknown id (= known) gets no logit, so it is never drawn
+                w_out, b_out = (p.detach().float()[:known] for p in (head.weight, head.bias))
+            # transposed, contiguous: h [B, H] @ W [H, G + out] streams W once for all rows
+            w = torch.cat([weight(f"weight_hh_l{layer}"), w_out]).t().contiguous()
+            self.register_buffer(f"read{layer}", w)
+            self.register_buffer(f"read_bias{layer}", torch.cat([torch.zeros(self.gates), b_out]))
 
-    def _product(self, bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """bias + x [B, K] @ w [K, N]. One row: MKL's matrix-vector product. Several rows and a
-        big w: the two column halves of w as one batched product, a thread each; MKL's own
-        threading of a few-row product costs almost as much per row as a single row does."""
-        rows, (k, n) = x.shape[0], w.shape
-        if rows == 1 or w.numel() < self.split_min:
-            return torch.addmm(bias, x, w)
-        halves = w.view(k, 2, n // 2).transpose(0, 1)  # [2, K, N/2]: a view, nothing copied
-        out = torch.baddbmm(bias.view(2, 1, n // 2), x.expand(2, rows, k), halves)
-        return out.transpose(0, 1).reshape(rows, n)
-
-    def _cell(self, layer: int, x: Tensor, state: list[Tensor]) -> Tensor:
-        """One step of one layer from its input projection x [B, G]: updates its h (and c) and
-        recurrent part in `state`; returns what its h feeds (next layer's input, or logits)."""
-        size, layers = self.hidden_size, self.num_layers
-        h = state[layer]
-        slot = (2 if self.lstm else 1) * layers + layer  # hh = h @ W_hh + b_hh, from last step
-        hh = state[slot]
-        if self.lstm:  # (split/chunk/narrow: one op for several views, unlike x[:, a:b])
-            gates = hh + x
-            i, f, _, o = torch.sigmoid(gates).chunk(4, 1)
-            g = torch.tanh(gates.narrow(1, 2 * size, size))
-            c = torch.addcmul(f * state[layers + layer], i, g)
-            h = o * torch.tanh(c)
-            state[layers + layer] = c
-        else:
-            x_rz, x_n = x.split([2 * size, size], 1)
-            hh_rz, hh_n = hh.split([2 * size, size], 1)
-            r, z = torch.sigmoid(x_rz + hh_rz).chunk(2, 1)
-            n = torch.tanh(torch.addcmul(x_n, r, hh_n))
-            h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
-        state[layer] = h
-        out = self._product(self.read_bias[layer], h, self.reads[layer])
-        hh, feeds = out.split([self.gates, out.shape[1] - self.gates], 1)
-        state[slot] = hh
-        return feeds
-
-    def _logits(self, ids: Tensor, state: list[Tensor]) -> Tensor:
-        """Feeds ids [B] through every layer; logits [B, known chars] of the next character."""
-        x = self.table.index_select(0, ids)
-        for layer in range(self.num_layers):
-            x = self._cell(layer, x, state)
-        return x.narrow(1, 0, self.known)
-
-    @torch.jit.export
-    def start(self, ids: Tensor, num_samples: int) -> tuple[list[Tensor], Tensor]:
-        """Feeds the prompt ids [T] but the last through the network once, in order, carrying
-        the state; returns that state for `num_samples` rows and the last id, still to be fed."""
-        zeros = torch.zeros(1, self.hidden_size, device=self.table.device)
-        state: list[Tensor] = [zeros for _ in range(self.num_layers * (2 if self.lstm else 1))]
-        for bias in self.read_bias:  # h = 0, so h @ W_hh + b_hh = b_hh
-            state.append(bias[None, : self.gates])
-        for t in range(ids.numel() - 1):
-            self._logits(ids[t : t + 1], state)
-        state = [s.expand(num_samples, s.shape[1]).contiguous() for s in state]
-        return state, ids[-1:].expand(num_samples).contiguous()
-
-    @torch.jit.export
-    def sample(
-        self,
-        state: list[Tensor],
-        pending: Tensor,
-        steps: int,
-        temperature: float,
-        top_k: int,
-        generators: list[torch.Generator],
-    ) -> tuple[Tensor, list[Tensor]]:
-        """`steps` more characters for every row: ids [B, steps] and the state after them.
-
-        `pending` [B] are the ids not yet fed. Sampling is Gumbel-max: argmax(logits + T * g)
-        draws from softmax(logits / T); the noise for the chunk comes from one generator, or one
-        generator per row (then a row's text does not depend on the other rows).
-        """
-        rows, known = pending.shape[0], self.known
-        noise = torch.zeros(0)
-        if temperature > 0:
-            if len(generators) == 1:
-                u = torch.rand([steps, rows, known], generator=generators[0])
-            else:
-                u = torch.stack([torch.rand([steps, known], generator=g) for g in generators], 1)
-            flat = u.view(-1)  # Gumbel noise -log(-log(u))
-            if flat.numel() <= 16 * self.serial_log:  # small: in pieces the log runs serially,
-                for at in range(0, flat.numel(), self.serial_log):  # waking threads costs more
-                    flat[at : at + self.serial_log].log_().neg_().log_().neg_()
-            else:
-                flat.log_().neg_().log_().neg_()
-            noise = u.mul_(temperature).to(self.table.device)
-        ids = pending
-        out: list[Tensor] = []
-        for t in range(steps):
-            logits = self._logits(ids, state)
-            if top_k > 0:
-                kth = torch.topk(logits, top_k, 1).values[:, top_k - 1 :]
-                logits = logits.masked_fill(logits < kth, -math.inf)
-            if temperature > 0:
-                logits = logits + noise[t]
-            ids = torch.argmax(logits, 1)
-            out.append(ids)
-        return torch.stack(out, 1), state
-
-    @torch.jit.export
-    def encode(self, prompt: str) -> Tensor:
-        """Prompt text to ids. TorchScript strings are UTF-8 bytes, and UTF-8 is prefix-free, so
-        the first 1-4 byte slice found in the vocabulary is the next character."""
-        ids: list[int] = []
-        at = 0
-        while at < len(prompt):
-            width = 1
-            while width <= 4 and prompt[at : at + width] not in self.index:
-                width += 1
-            if width > 4:
-                raise ValueError(
-                    "prompt has a character this model never saw, at byte "
-                    + str(at)
-                    + "; remove or replace it"
-                )
-            ids.append(self.index[prompt[at : at + width]])
-            at += width
-        if len(ids) == 0:
-            raise ValueError("prompt is empty; give at least one character to start from")
-        return torch.tensor(ids, dtype=torch.long, device=self.table.device)
-
-    @torch.jit.export
-    def decode(self, ids: Tensor) -> list[str]:
-        rows: list[list[int]] = ids.tolist()
-        return ["".join([self.chars[i] for i in row]) for row in rows]
+    def state_sizes(self) -> list[int]:
+        """Widths of the state tensors: h per layer, (c per layer,) recurrent part per layer."""
+        return [self.size] * self.layers * (2 if self.lstm else 1) + [self.gates] * self.layers
 
     def forward(
-        self,
-        prompt: str,
-        length: int = 1000,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        num_samples: int = 1,
-        seed: int = 0,
-    ) -> list[str]:
-        """`num_samples` continuations of `prompt` (prompt not included), reproducible by seed."""
-        if length <= 0 or temperature < 0 or top_k < 0 or top_k > len(self.chars):
-            raise ValueError(
-                "need length > 0, temperature >= 0, 0 <= top_k <= " + str(len(self.chars))
+        self, ids: Tensor, noise: Tensor | None, kth: Tensor | None, state: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Feeds ids [B]; returns the next ids [B] and the new state. `noise` [B, known] is
+        temperature * Gumbel noise (None: greedy); `kth` [1] the rank of the last character top-k
+        keeps (None: all)."""
+        layers, size = self.layers, self.size
+        x, new = self.table.index_select(0, ids), list(state)
+        for layer in range(layers):
+            h, hh = state[layer], state[-layers + layer]
+            if self.lstm:  # (split/chunk/narrow: one op for several views, unlike x[:, a:b])
+                gates = x + hh
+                i, f, _, o = torch.sigmoid(gates).chunk(4, 1)
+                g = torch.tanh(gates.narrow(1, 2 * size, size))
+                c = torch.addcmul(f * state[layers + layer], i, g)
+                h = o * torch.tanh(c)
+                new[layers + layer] = c
+            else:
+                x_rz, x_n = x.split([2 * size, size], 1)
+                hh_rz, hh_n = hh.split([2 * size, size], 1)
+                r, z = torch.sigmoid(x_rz + hh_rz).chunk(2, 1)
+                n = torch.tanh(torch.addcmul(x_n, r, hh_n + getattr(self, f"b_hn{layer}")))
+                h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+            out = torch.addmm(getattr(self, f"read_bias{layer}"), h, getattr(self, f"read{layer}"))
+            new[layer], (new[-layers + layer], x) = (
+                h,
+                out.split([self.gates, out.shape[1] - self.gates], 1),
             )
-        if num_samples <= 0:
-            raise ValueError("need num_samples > 0")
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        state, pending = self.start(self.encode(prompt), num_samples)
-        pieces: list[Tensor] = []
-        done = 0
-        while done < length:
-            steps = min(self.chunk, length - done)
-            ids, state = self.sample(state, pending, steps, temperature, top_k, [generator])
-            pending = ids[:, -1]
-            pieces.append(ids)
-            done += steps
-        return self.decode(torch.cat(pieces, 1))
+        if kth is not None:
+            cut = x.sort(1, descending=True).values.index_select(1, kth)
+            x = x.masked_fill(x < cut, -math.inf)
+        return torch.argmax(x if noise is None else x + noise, 1), new
 
 
-def script(net: nn.Module, chars: str) -> torch.jit.ScriptModule:
-    """The scripted generator of `net`: what the Sampler runs and what export saves."""
-    return torch.jit.script(StepGenerator(net, chars).eval())
+def gumbel_noise(steps: int, rows: int, known: int, temperature: float, generators) -> Tensor:
+    """temperature * Gumbel noise [steps, rows, known] for a chunk: argmax(logits + noise) draws
+    from softmax(logits / T). One generator for all rows, or one per row (then a row's text does
+    not depend on the other rows). Small chunks take the log in pieces, which run serially (waking
+    threads costs more); the values are those of u.log().neg().log().neg() * T, as an exported
+    file's user writes it."""
+    if len(generators) == 1:
+        u = torch.rand([steps, rows, known], generator=generators[0])
+    else:
+        u = torch.stack([torch.rand([steps, known], generator=g) for g in generators], 1)
+    flat = u.view(-1)
+    piece = SERIAL_LOG if flat.numel() <= 16 * SERIAL_LOG else flat.numel()
+    for at in range(0, flat.numel(), piece):
+        flat[at : at + piece].log_().neg_().log_().neg_()
+    return u.mul_(temperature)
 
 
 def seed_generator(seed: int) -> torch.Generator:
@@ -303,11 +179,16 @@ def seed_generator(seed: int) -> torch.Generator:
 
 
 class Sampler:
-    """Generates text from a CharRNN: the prompt in one pass, then one character per step."""
+    """Generates text from a CharRNN: the prompt fed one step at a time on one row, then every
+    row one character per step. `step` replaces the eager StepNet by a loaded export (which takes
+    every input: zero noise when greedy, kth = known - 1 for all)."""
 
-    def __init__(self, net: nn.Module, vocab: Vocab):
-        self.vocab = vocab
-        self.core = script(net, vocab.chars)
+    def __init__(self, net: nn.Module | None, vocab: Vocab, step=None, state_sizes=None):
+        self.vocab, self.full = vocab, step is not None
+        with torch.no_grad():
+            self.step = step if self.full else StepNet(net, vocab.unk_id).eval()
+        self.state_sizes = state_sizes or self.step.state_sizes()
+        self.device = torch.device("cpu") if self.full else self.step.table.device
 
     @torch.no_grad()
     def generate(
@@ -335,18 +216,30 @@ class Sampler:
             raise CharRNNError(
                 f"give one generator, or one per sample ({num_samples}), not {len(generators)}"
             )
-        device = self.core.table.device
+        known = self.vocab.unk_id
+        device, rows = self.device, num_samples
         ids = torch.as_tensor(self.vocab.encode(prompt), dtype=torch.long, device=device)
-        state, pending = self.core.start(ids, num_samples)
-        pieces = []
+        state = [torch.zeros(1, n, device=device) for n in self.state_sizes]
+        kth = torch.tensor([(top_k or known) - 1], device=device)
+        kth = kth if top_k or self.full else None
+        fill = torch.zeros(1, known, device=device) if self.full else None
+        for t in range(ids.numel() - 1):
+            _, state = self.step(ids[t : t + 1], fill, kth, state)
+        state = [s.expand(rows, -1).contiguous() for s in state]
+        pending, pieces = ids[-1:].expand(rows).contiguous(), []
         for done in range(0, length, CHUNK):
             steps = min(CHUNK, length - done)
-            chunk, state = self.core.sample(
-                state, pending, steps, float(temperature), top_k, generators
-            )
-            pending = chunk[:, -1]
-            pieces.append(chunk)
+            noise = None  # greedy: no noise (a loaded export takes zeros)
+            if temperature > 0:
+                noise = gumbel_noise(steps, rows, known, float(temperature), generators).to(device)
+            elif self.full:
+                noise = torch.zeros(steps, rows, known)
+            chunk = []
+            for t in range(steps):
+                pending, state = self.step(pending, None if noise is None else noise[t], kth, state)
+                chunk.append(pending)
+            pieces.append(torch.stack(chunk, 1))
             if on_step is not None:
-                for column in chunk.t().tolist():
+                for column in pieces[-1].t().tolist():
                     on_step([self.vocab.chars[i] for i in column])
         return [self.vocab.decode(row) for row in torch.cat(pieces, 1).cpu()]

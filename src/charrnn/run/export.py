@@ -1,8 +1,9 @@
-"""Export: one TorchScript file holding the step generator and its vocabulary, loadable with only
-torch (`torch.jit.load`), generating exactly what generate.py generates for the same options."""
+"""Export: the one-step function with its vocabulary in one file that generates with only torch
+(`.pt2`, torch.export) or only onnxruntime (`.onnx`), verified before it replaces `out`."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -14,44 +15,82 @@ from charrnn.errors import CharRNNError
 from charrnn.files import write_atomically
 from charrnn.run.checkpoints import load, resolve
 from charrnn.sampling import Sampler, seed_generator
-from charrnn.vocab import Vocab
 
-SUFFIX = ".pt"
+META = "charrnn.json"  # the archive's extra file (ONNX: metadata key) with vocab and state sizes
+# what the written file must reproduce: (prompt, "" = the first character), length, T, k, rows, seed
+CHECKS = [("", 64, 0.0, 0, 2, 0), ("", 64, 1.0, 5, 2, 1)]
 
 
-def save_generator(sampler: Sampler, out: Path, info: dict | None = None) -> Path:
-    """Saves the sampler's scripted generator to `out`: written to a temp file, reloaded and
-    checked to generate what the sampler generates, and only then renamed onto `out`."""
-    extra = {"charrnn.json": json.dumps({"vocab": sampler.vocab.chars, **(info or {})})}
-    prompt = sampler.vocab.chars[0]
+def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
+    """Example inputs of the sampler's step (2 rows) and their dynamic shapes (rows are free)."""
+    known, rows = sampler.vocab.unk_id, torch.export.Dim("rows", min=1)
+    state = [torch.zeros(2, n) for n in sampler.state_sizes]
+    args = (torch.zeros(2, dtype=torch.long), torch.zeros(2, known), torch.tensor([known - 1]))
+    return (*args, state), ({0: rows}, {0: rows}, None, [{0: rows}] * len(state))
 
-    def write(tmp: str) -> None:
-        torch.jit.save(sampler.core, tmp, _extra_files=extra)
-        expected = sampler.generate(prompt, 64, 1.0, 0, 2, seed_generator(0))
-        if torch.jit.load(tmp, map_location="cpu")(prompt, 64, 1.0, 0, 2, 0) != expected:
+
+def step_program(sampler: Sampler) -> torch.export.ExportedProgram:
+    """The sampler's step as a graph whose number of rows is free."""
+    args, dynamic = step_inputs(sampler)
+    with torch.no_grad():
+        return torch.export.export(sampler.step, args, dynamic_shapes=dynamic)
+
+
+def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, greedy_only=False):
+    """Raises unless the written file kept `meta` (read back as the string `found`) and its `step`
+    generates what `sampler` generates."""
+    if json.loads(found or "null") != meta:
+        raise CharRNNError(f"out: the file written for {out} lost its {META}")
+    loaded = Sampler(None, sampler.vocab, step, meta["state"])
+    for prompt, *options, seed in CHECKS[:1] if greedy_only else CHECKS:
+        prompt = prompt or sampler.vocab.chars[0]
+        want = sampler.generate(prompt, *options, seed_generator(seed))
+        if loaded.generate(prompt, *options, seed_generator(seed)) != want:
             raise CharRNNError(f"out: the file written for {out} does not reproduce the sampler")
 
-    return write_atomically(out, write)
+
+def save_pt2(sampler: Sampler, out: Path, meta: dict) -> None:
+    """A torch.export archive; reloaded from `out` and checked."""
+    buffer = io.BytesIO()  # (through bytes: torch.export warns on a name not ending in .pt2)
+    torch.export.save(step_program(sampler), buffer, extra_files={META: json.dumps(meta)})
+    out.write_bytes(buffer.getvalue())
+    extra = {META: ""}
+    step = torch.export.load(io.BytesIO(out.read_bytes()), extra_files=extra).module()
+    check_reload(sampler, out, meta, extra[META], step)
+
+
+def save_onnx(sampler: Sampler, out: Path, meta: dict) -> None:
+    from charrnn.run.onnx_export import save_onnx
+
+    save_onnx(sampler, out, meta)
+
+
+WRITERS = {".pt2": save_pt2, ".onnx": save_onnx}  # out's suffix -> how it is written
+LOADERS = {".pt2": "torch.export.load", ".onnx": "onnxruntime.InferenceSession"}
 
 
 def _check_out(value) -> Path:
-    if not isinstance(value, str) or not value.endswith(SUFFIX):
+    if not isinstance(value, str) or Path(value).suffix not in WRITERS:
         raise CharRNNError(
-            f"out: {value!r} is not allowed; give a file name ending in {SUFFIX} "
-            "(a TorchScript archive, loaded with torch.jit.load)"
+            f"out: {value!r} is not allowed; give a file name ending in .pt2 (torch.export) "
+            "or .onnx (onnxruntime)"
         )
     return Path(value).expanduser()
 
 
 def export(cfg: DictConfig) -> Path:
-    """Runs the command: checkpoint → scripted generator file, verified before it lands."""
+    """Runs the command: checkpoint → step-function file, verified before it lands."""
     out = _check_out(cfg.out)
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)
-    vocab: Vocab = trained.vocab
-    sampler = Sampler(trained.net, vocab)
-    info = {"model": trained.hparams["model"], "checkpoint": str(path)}
-    save_generator(sampler, out, info)
-    size = out.stat().st_size
-    print(f"{path} -> {out} ({size:,} bytes); load it with torch.jit.load", file=sys.stderr)
+    sampler = Sampler(trained.net, trained.vocab)
+    meta = {
+        "vocab": trained.vocab.chars,
+        "state": sampler.state_sizes,
+        "model": trained.hparams["model"],
+        "checkpoint": str(path),
+    }
+    write_atomically(out, lambda tmp: WRITERS[out.suffix](sampler, Path(tmp), meta))
+    size, loader = out.stat().st_size, LOADERS[out.suffix]
+    print(f"{path} -> {out} ({size:,} bytes); load it with {loader}", file=sys.stderr)
     return out
