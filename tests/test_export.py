@@ -128,7 +128,6 @@ def test_exported_file_generates_what_generate_py_generates(trained_run, tmp_pat
 
 
 def test_onnx_file_under_onnxruntime_generates_generate_py_greedy_text(trained_run, tmp_path):
-    pytest.importorskip("onnxruntime")
     out = tmp_path / "generator.onnx"
     exported = run_cli("export.py", "ckpt=last", f"out={out}", cwd=trained_run)
     assert exported.returncode == 0, exported.stderr
