@@ -126,16 +126,13 @@ def timed(fn, *args, **kwargs) -> float:
 
 
 def steal_now() -> tuple[int, int]:
-    """(steal, all) CPU time so far, from /proc/stat: what the hypervisor took from this VM."""
-    try:
-        times = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    return (times[7] if len(times) > 7 else 0), sum(times)
+    from charrnn.run.train import cpu_steal  # (steal, all) CPU time so far, from /proc/stat
+
+    return cpu_steal()
 
 
 def steal_since(start: tuple[int, int]) -> float:
-    """The fraction of CPU time the hypervisor took since `start` (steal_now())."""
+    """The fraction of CPU time the hypervisor took from this VM since `start` (steal_now())."""
     (s0, a0), (s1, a1) = start, steal_now()
     return (s1 - s0) / (a1 - a0) if a1 > a0 else 0.0
 
