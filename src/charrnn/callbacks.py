@@ -19,10 +19,8 @@ def as_markdown_verbatim(text: str) -> str:
 
 
 class SampleText(L.Callback):
-    """After each validation run, samples text from a fixed prompt with its own seeded generator.
-
-    Using a private torch.Generator leaves the training random stream untouched.
-    """
+    """After each validation run, samples text from a fixed prompt with its own seeded generator,
+    which leaves the training random stream untouched."""
 
     def __init__(
         self,
@@ -61,9 +59,8 @@ class SampleText(L.Callback):
         sample = self.prompt + text
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text(
-                    "sample", as_markdown_verbatim(sample), trainer.global_step
-                )
+                markdown = as_markdown_verbatim(sample)
+                logger.experiment.add_text("sample", markdown, trainer.global_step)
         log.info("sample after epoch %d:\n%s", trainer.current_epoch, sample)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import http.client
 import logging
@@ -121,26 +122,20 @@ def _decoded_slices(path: Path):
         raise CharRNNError(
             f"data.path: {path} is empty; pass a UTF-8 text file with some text in it"
         )
+    decoder = codecs.getincrementaldecoder("utf-8")()  # holds back a character split across reads
     with open(path, "rb") as f:
-        start, carry = 0, b""
+        read = 0  # bytes before this block
         while block := f.read(CHUNK_BYTES):
-            block = carry + block
-            cut = len(block)
-            if f.tell() < size:  # hold back the last character, which may be split across reads
-                lead = cut - 1
-                while lead > 0 and block[lead] & 0xC0 == 0x80:
-                    lead -= 1
-                cut = lead or cut
+            held = len(decoder.getstate()[0])  # bytes before this block that the decoder holds
             try:
-                text = block[:cut].decode("utf-8")
+                text = decoder.decode(block, final=f.tell() >= size)
             except UnicodeDecodeError as err:
                 raise CharRNNError(
-                    f"{path} is not UTF-8 text: byte offset {start + err.start} "
-                    f"(0x{block[err.start]:02x}); convert it to UTF-8 first"
+                    f"{path} is not UTF-8 text: byte offset {read - held + err.start} "
+                    f"(0x{err.object[err.start]:02x}); convert it to UTF-8 first"
                 ) from None
             yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            start += cut
-            carry = block[cut:]
+            read += len(block)
 
 
 def _encode(path: Path, vocab: Vocab | None) -> tuple[Vocab, np.ndarray]:
@@ -152,9 +147,8 @@ def _encode(path: Path, vocab: Vocab | None) -> tuple[Vocab, np.ndarray]:
     vocab = vocab or Vocab.from_counts(seen)
     dtype = np.uint8 if vocab.size <= 256 else np.uint16 if vocab.size <= 65536 else np.int32
     table = np.full(0x110000, vocab.unk_id, dtype=dtype)  # code point -> id, over all of Unicode
-    table[np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)] = np.arange(
-        len(vocab.chars), dtype=dtype
-    )
+    known = np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)
+    table[known] = np.arange(len(known), dtype=dtype)
     ids = np.empty(total, dtype=dtype)
     at = 0
     for codepoints in _decoded_slices(path):

@@ -29,11 +29,8 @@ class WindowBatches(Dataset):
     """
 
     def __init__(self, ids: np.ndarray, seq_length: int):
-        self.ids = ids
-        self.seq_length = seq_length
-        self.count = (
-            len(ids) - seq_length
-        ) // seq_length  # windows that fit at any offset < seq_length
+        self.ids, self.seq_length = ids, seq_length
+        self.count = (len(ids) - seq_length) // seq_length  # windows that fit at any offset
 
     def __len__(self) -> int:
         return self.count
@@ -46,13 +43,6 @@ class WindowBatches(Dataset):
         return block[:, :-1], block[:, 1:]
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The random stream of one epoch: a function of (seed, epoch) alone, identical on every rank,
-    so a run resumed in the middle of an epoch redraws exactly the order it was interrupted in."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 class EpochOrder(Sampler):
     """A sampler that knows its epoch (Lightning calls set_epoch) and can start an epoch part-way.
 
@@ -60,8 +50,8 @@ class EpochOrder(Sampler):
     the next epoch of that number then starts at that batch, in the same order.
     """
 
-    def __init__(self, seed: int):
-        self.seed, self.epoch, self.start = seed, 0, 0
+    def __init__(self, seed: int, shift: bool):
+        self.seed, self.shift, self.epoch, self.start = seed, shift, 0, 0
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -77,31 +67,32 @@ class EpochOrder(Sampler):
         return self.start
 
     def generator(self) -> torch.Generator:
-        return epoch_generator(self.seed, self.epoch)
+        """The epoch's random stream: a function of (seed, epoch) alone, identical on every rank, so
+        a run resumed in the middle of an epoch redraws exactly the order it was interrupted in."""
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state))
+
+    def offset(self, generator: torch.Generator, seq_length: int) -> int:
+        """The epoch's grid offset: random in [0, seq_length) with `shift`, so boundaries move."""
+        return int(torch.randint(seq_length, (), generator=generator)) if self.shift else 0
 
 
 class ShuffledWindows(EpochOrder):
-    """One item per batch: the epoch's random grid offset and `batch_size` shuffled window numbers.
-
-    Randomness comes from epoch_generator(seed, epoch), identical on every rank; rank r of `world`
-    takes every world-th batch, so DDP ranks see disjoint batches.
-    """
+    """One item per batch: the epoch's grid offset and `batch_size` shuffled window numbers.
+    The order is the same on every rank; rank r of `world` takes every world-th batch."""
 
     def __init__(
         self, windows: WindowBatches, batch_size: int, shift: bool, rank=0, world=1, seed=0
     ):
-        super().__init__(seed)
-        self.windows, self.batch_size, self.shift = windows, batch_size, shift
-        self.rank, self.world = rank, world
+        super().__init__(seed, shift)
+        self.windows, self.batch_size, self.rank, self.world = windows, batch_size, rank, world
 
     def __len__(self) -> int:
         return len(self.windows) // self.batch_size // self.world
 
     def __iter__(self):
         generator = self.generator()
-        offset = 0
-        if self.shift:
-            offset = int(torch.randint(self.windows.seq_length, (), generator=generator))
+        offset = self.offset(generator, self.windows.seq_length)
         order = torch.randperm(len(self.windows), generator=generator).tolist()
         for k in range(self.rank + self.start * self.world, len(self) * self.world, self.world):
             yield offset, order[k * self.batch_size : (k + 1) * self.batch_size]
@@ -134,23 +125,17 @@ class StreamBatches(Dataset):
 
 
 class StreamOrder(EpochOrder):
-    """Batches of a StreamBatches in order, with a random start offset per epoch when `shift`.
-
-    Rows, not batches, are what DDP ranks share out: see CharDataModule.
-    """
+    """Batches of a StreamBatches in order; DDP ranks share out rows, not batches (_RowShard)."""
 
     def __init__(self, streams: StreamBatches, shift: bool, seed: int = 0):
-        super().__init__(seed)
-        self.streams, self.shift = streams, shift
+        super().__init__(seed, shift)
+        self.streams = streams
 
     def __len__(self) -> int:
         return len(self.streams)
 
     def __iter__(self):
-        generator = self.generator()
-        offset = 0
-        if self.shift:
-            offset = int(torch.randint(self.streams.seq_length, (), generator=generator))
+        offset = self.offset(self.generator(), self.streams.seq_length)
         for k in range(self.start, len(self)):
             yield offset, k
 
@@ -251,45 +236,29 @@ class CharDataModule(L.LightningDataModule):
         h = self.hparams
         rank, world = self._rank_world()
         if h.stateful:
-            rows = h.batch_size * world
-            streams = StreamBatches(self.train_ids, rows, h.seq_length)
+            streams = StreamBatches(self.train_ids, h.batch_size * world, h.seq_length)
+            dataset = _RowShard(streams, rank, world)
             sampler = StreamOrder(streams, h.shift_windows, h.seed)
-            return ResumableLoader(
-                _RowShard(streams, rank, world),
-                sampler=sampler,
-                batch_size=None,
-                num_workers=h.num_workers,
-                generator=_own_generator(),
-            )
-        sampler = ShuffledWindows(
-            self.train_windows, h.batch_size, h.shift_windows, rank, world, h.seed
-        )
-        return ResumableLoader(
-            self.train_windows,
-            sampler=sampler,
-            batch_size=None,
-            num_workers=h.num_workers,
-            generator=_own_generator(),
-        )
+        else:
+            dataset = self.train_windows
+            sampler = ShuffledWindows(dataset, h.batch_size, h.shift_windows, rank, world, h.seed)
+        return _loader(dataset, sampler, ResumableLoader, num_workers=h.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        streams = StreamBatches(
-            self.val_text, self.hparams.val_streams * world, self.hparams.seq_length
-        )
-        return DataLoader(
-            _RowShard(streams, rank, world),
-            sampler=StreamOrder(streams, False),
-            batch_size=None,
-            generator=_own_generator(),
-        )
+        h = self.hparams
+        streams = StreamBatches(self.val_text, h.val_streams * world, h.seq_length)
+        return _loader(_RowShard(streams, rank, world), StreamOrder(streams, False))
 
 
-def _own_generator() -> torch.Generator:
-    """Every DataLoader iterator draws a worker seed from its loader's generator, by default the
+def _loader(dataset, sampler, kind=DataLoader, **options) -> DataLoader:
+    """A loader of whole batches (each sampler item is one) with a private generator.
+
+    Every DataLoader iterator draws a worker seed from its loader's generator, by default the
     global one; a private one leaves the global stream (dropout's) untouched, so a resumed run,
     which creates iterators at other moments, continues that stream exactly."""
-    return torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    return kind(dataset, sampler=sampler, batch_size=None, generator=generator, **options)
 
 
 class _RowShard(Dataset):

@@ -70,10 +70,8 @@ class GRURecurrence(torch.autograd.Function):
     gi's dtype is the dtype of the matrix products: bf16 under autocast, where the state, gates
     and coefficients stay in h0's dtype (fp32) and each step upcasts its slice of gi. Gradients
     of the pre-activations are stored in the product dtype, the one all their consumers want.
-
-    Every gate gradient is the gradient reaching h_t times a coefficient that the forward pass
-    already knows, so forward stores those coefficients (computed while r, z, n are in cache) and
-    each backward step is one broadcast multiply and one matrix product.
+    Forward stores the gate coefficients while r, z, n are in cache, so each backward step is one
+    broadcast multiply and one matrix product.
     """
 
     @staticmethod
@@ -186,16 +184,11 @@ class FusedGRU(nn.GRU):
             hx = gi.new_zeros(self.num_layers, gi.shape[1], self.hidden_size, dtype=dtype)
         hx = hx.to(dtype)
         finals, x = [], None
-        for layer in range(self.num_layers):
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.all_weights):
             if layer:
                 if self.dropout and self.training:
                     x = F.dropout(x, self.dropout, training=True)
-                w_ih, b_ih = (
-                    getattr(self, f"weight_ih_l{layer}"),
-                    getattr(self, f"bias_ih_l{layer}"),
-                )
                 gi = F.linear(x, w_ih, b_ih)
-            w_hh, b_hh = getattr(self, f"weight_hh_l{layer}"), getattr(self, f"bias_hh_l{layer}")
             x = GRURecurrence.apply(gi, hx[layer], w_hh, b_hh, torch.is_grad_enabled())
             finals.append(x[-1])
         out = x.transpose(0, 1) if self.batch_first else x

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Timer
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from charrnn.errors import CharRNNError
 from charrnn.net import CharRNN, Hidden
@@ -24,15 +25,12 @@ SHAPE = ("cell", "embedding_dim", "rnn_units", "num_layers")  # model keys the w
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:
     """Cuts the graph between batches (truncated backpropagation through time)."""
-    if hidden is None:
-        return None
-    return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+    return apply_to_collection(hidden, torch.Tensor, torch.Tensor.detach)
 
 
 def _matches(hidden: Hidden | None, rows: int) -> bool:
-    if hidden is None:
-        return False
-    return (hidden[0] if isinstance(hidden, tuple) else hidden).shape[1] == rows
+    first = hidden[0] if isinstance(hidden, tuple) else hidden  # an LSTM's (h, c): h
+    return first is not None and first.shape[1] == rows
 
 
 class CharLM(L.LightningModule):
@@ -65,9 +63,8 @@ class CharLM(L.LightningModule):
     def _loss_sum(self, batch, hidden):
         inputs, targets = batch
         logits, hidden = self.net(inputs, hidden)
-        loss_sum = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
-        )
+        flat = logits.reshape(-1, logits.shape[-1]).float()
+        loss_sum = F.cross_entropy(flat, targets.reshape(-1), reduction="sum")
         return loss_sum, (targets >= 0).sum(), hidden
 
     def on_train_epoch_start(self) -> None:
@@ -100,20 +97,12 @@ class CharLM(L.LightningModule):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
         loss = (total / count).item()
-        self.best_val_loss = min(self.best_val_loss, loss)
-        self.log_dict(
-            {"val/loss": loss, "val/bpc": loss / math.log(2), "val/loss_best": self.best_val_loss},
-            prog_bar=True,
-        )
+        bpc, best = loss / math.log(2), min(self.best_val_loss, loss)
+        self.best_val_loss = best
+        self.log_dict({"val/loss": loss, "val/bpc": bpc, "val/loss_best": best}, prog_bar=True)
         if self.trainer.is_global_zero:
-            log.info(
-                "epoch %d step %d: val/loss %.4f (%.3f bpc), best %.4f",
-                self.current_epoch,
-                self.global_step,
-                loss,
-                loss / math.log(2),
-                self.best_val_loss,
-            )
+            at = "epoch %d step %d: val/loss %.4f (%.3f bpc), best %.4f"
+            log.info(at, self.current_epoch, self.global_step, loss, bpc, best)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_val_loss"] = self.best_val_loss

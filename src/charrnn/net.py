@@ -39,14 +39,9 @@ class CharRNN(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.emb_dropout = nn.Dropout(emb_dropout)
         # auto: FusedGRU for GRUs (faster on CPU, same weights and keys), nn.LSTM (oneDNN-fused)
-        fused = cell == "gru" and impl != "torch"
-        self.rnn = (FusedGRU if fused else RNN_LAYERS[cell])(
-            embedding_dim,
-            rnn_units,
-            num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        layer = FusedGRU if cell == "gru" and impl != "torch" else RNN_LAYERS[cell]
+        dropout = dropout if num_layers > 1 else 0.0
+        self.rnn = layer(embedding_dim, rnn_units, num_layers, batch_first=True, dropout=dropout)
         self.out_dropout = nn.Dropout(out_dropout)
         self.head = nn.Linear(rnn_units, vocab_size)
 

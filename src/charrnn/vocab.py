@@ -29,7 +29,7 @@ class Vocab:
 
     @classmethod
     def from_counts(cls, counts: np.ndarray) -> Vocab:
-        """Builds the vocabulary from a per-code-point histogram (see corpus.count_codepoints)."""
+        """The vocabulary of the code points that occur (the non-zero entries of `counts`)."""
         return cls("".join(map(chr, np.flatnonzero(counts))))
 
     def __len__(self) -> int:
@@ -45,15 +45,13 @@ class Vocab:
         """The distinct characters of `text` this vocabulary has never seen, in order of appearance."""
         return list(dict.fromkeys(c for c in text if c not in self._index))
 
-    def encode_codepoints(self, codepoints: np.ndarray) -> np.ndarray:
-        """Vectorised encode of a uint32 code-point array; unseen code points map to unk_id."""
+    def encode(self, text: str) -> np.ndarray:
+        """Int32 ids of `text`; characters never seen map to unk_id."""
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         ids = np.full(codepoints.shape, self.unk_id, dtype=np.int32)
         known = codepoints < len(self._lut)
         ids[known] = self._lut[codepoints[known]]
         return ids
-
-    def encode(self, text: str) -> np.ndarray:
-        return self.encode_codepoints(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
 
     def decode(self, ids) -> str:
         """Ids back to text; the unknown id decodes to U+FFFD."""

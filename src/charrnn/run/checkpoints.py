@@ -26,10 +26,8 @@ _VAL_LOSS = re.compile(r"val_loss(\d+(?:\.\d+)?)")
 
 def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool = True) -> dict:
     """The checkpoint at `path`, loaded with weights_only=True onto the CPU, or one clear error.
-
-    `mmap=True` maps the tensors instead of reading them: a cheap look at the contents.
-    `ours=False` accepts any safe checkpoint (Lightning's own temporary ones, e.g. DDP spawn's).
-    """
+    `mmap` maps the tensors (a cheap look); `ours=False` accepts any safe checkpoint (Lightning's
+    own temporary ones, e.g. DDP spawn's)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CharRNNError(
@@ -79,26 +77,23 @@ def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool
     return checkpoint
 
 
-def run_checkpoint_dirs(outputs: Path) -> list[Path]:
-    """Checkpoint folders of single runs (runs/<time>/) and sweep jobs (multirun/<time>/<job>/),
-    newest first: the one whose checkpoints were written last (a resumed run counts as new)."""
+def newest_run_checkpoint(alias: str, outputs: Path, key: str) -> Path:
+    """`last` or `best` of the newest run under `outputs`, or a one-line error saying what is not.
+
+    Runs are single runs (runs/<time>/) and sweep jobs (multirun/<time>/<job>/); the newest is the
+    one whose checkpoints were written last (a resumed run counts as new)."""
     folders = [*outputs.glob("runs/*/checkpoints"), *outputs.glob("multirun/*/*/checkpoints")]
     written = {d: max((p.stat().st_mtime for p in d.glob("*.ckpt")), default=None) for d in folders}
-    return sorted((d for d, t in written.items() if t is not None), key=written.get, reverse=True)
-
-
-def newest_run_checkpoint(alias: str, outputs: Path, key: str) -> Path:
-    """`last` or `best` of the newest run under `outputs`, or a one-line error saying what is not."""
-    folders = run_checkpoint_dirs(outputs)
-    if not folders:
+    newest = max((d for d, t in written.items() if t is not None), key=written.get, default=None)
+    if newest is None:
         raise CharRNNError(
             f"{key}={alias}: no checkpoints under {outputs.absolute()}/runs or /multirun; train "
             "first (python src/train.py) or pass a path to a .ckpt file"
         )
-    found = folders[0] / LAST if alias == "last" else _best_in(folders[0])
+    found = newest / LAST if alias == "last" else _best_in(newest)
     if found is None or not found.is_file():
         raise CharRNNError(
-            f"{key}={alias}: the newest run's folder {folders[0]} has no {alias} checkpoint; "
+            f"{key}={alias}: the newest run's folder {newest} has no {alias} checkpoint; "
             "pass a path to a .ckpt file"
         )
     return found

@@ -1,12 +1,11 @@
-"""The train config: checked before anything runs (a bad value fails in one line that names it),
-and the OmegaConf resolvers it uses.
-
-The resolvers are registered when charrnn.run is imported (not in an entry point), because jobs of
-a parallel launcher resolve their config in worker processes that never run the entry point's code.
+"""The train config's checks (a bad value fails in one line that names it) and its resolvers,
+registered when charrnn.run is imported, not in an entry point: a parallel launcher's jobs resolve
+their config in worker processes that never run the entry point's code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -83,14 +82,8 @@ def validate_train(cfg: DictConfig) -> None:
 
     cell = cfg.model.cell
     impls = IMPLS if cell == "gru" else tuple(i for i in IMPLS if i != "fused")
-    rules = {
-        "model.cell": _one_of(tuple(RNN_LAYERS)),
-        "model.impl": (
-            lambda v: v in impls,
-            f"choose one of {', '.join(impls)} for model.cell={cell}",
-        ),
-        **RULES,
-    }
+    impl = (lambda v: v in impls), f"choose one of {', '.join(impls)} for model.cell={cell}"
+    rules = {"model.cell": _one_of(tuple(RNN_LAYERS)), "model.impl": impl, **RULES}
     for key, (ok, allowed) in rules.items():
         value = OmegaConf.select(cfg, key, default=None)
         if not ok(value):
@@ -106,11 +99,8 @@ def machine_cores() -> int:
 
 def cores_per_job(n_jobs: int | None = None) -> int | None:
     """The machine's cores shared out among the jobs a launcher runs at once, at least one each.
-
-    n_jobs defaults to the running launcher's (hydra.launcher.n_jobs) and follows joblib: -1 means
-    one job per core, -2 all cores but one, and so on. None when there is no such launcher (and
-    outside a Hydra app), i.e. torch's own default: all cores.
-    """
+    n_jobs (default: hydra.launcher.n_jobs) follows joblib: -1 one job per core, -2 all cores but
+    one, ...; None without such a launcher, i.e. torch's own default: all cores."""
     if n_jobs is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -124,21 +114,16 @@ def cores_per_job(n_jobs: int | None = None) -> int | None:
 
 
 def run_name(override_dirname: str, limit: int = 200) -> str:
-    """A job's override_dirname made safe as a directory name (and readable as a TensorBoard run).
-
-    Numbers keep 4 significant digits (Optuna suggests values like 0.0013922830138102383) and the
-    name stops at `limit` characters, at an item boundary when it can: file names have at most 255
-    bytes. The job number in front keeps names unique.
-    """
+    """A job's override_dirname made safe as a directory name (and readable as a TensorBoard run):
+    numbers keep 4 significant digits (Optuna suggests 0.0013922830138102383) and file names have
+    at most 255 bytes, so it stops at `limit`, at an item boundary when it can (the job number in
+    front keeps names unique)."""
     items = []
     for item in override_dirname.split(","):
         key, sep, value = item.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if number is not None and len(value) > 8 and not value.lstrip("-").isdigit():
-            value = f"{number:.4g}"
+        if len(value) > 8 and not value.lstrip("-").isdigit():
+            with contextlib.suppress(ValueError):  # not a number
+                value = f"{float(value):.4g}"
         items.append(key + sep + value)
     name = ",".join(items)
     if len(name) <= limit:

@@ -48,14 +48,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumeState(L.Callback):
-    """Stores in every checkpoint what Lightning does not: the run's command-line overrides (so
-    resume=... replays them), the global torch random state (which dropout draws from) and the
-    logged metrics.
-
-    On resume it redoes what Lightning leaves out: a ReduceLROnPlateau step, when the checkpoint
-    was taken at an epoch's end before that step (Lightning skips it on such a restart, having no
-    metric to give it), and a changed `optimizer.lr` (Lightning restores the optimiser state,
-    learning rate included, so a lower lr given on resume would otherwise be ignored).
+    """Stores in every checkpoint what Lightning does not: the command-line overrides (replayed by
+    resume=), the global torch random state (dropout's) and the logged metrics. On resume it redoes
+    what Lightning leaves out: the scheduler steps of a checkpoint taken at an epoch's end, and a
+    changed `optimizer.lr` (the restored optimiser state would otherwise keep the old one).
     """
 
     state_key = RECORD  # where charrnn.run.resume.recorded_overrides finds it

@@ -79,12 +79,10 @@ def merge_overrides(first: list[str], then: list[str]) -> list[str]:
 
 
 def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
-    """Rewrites `train.py resume=X [overrides]` into the command that continues run X in place.
-
-    The result replays the run's recorded overrides (new ones on the command line win), starts
-    from its last.ckpt and sets hydra.run.dir to the run's own dir, so checkpoints, train.log and
-    TensorBoard events continue there. Hydra's record of this invocation goes to
-    <run>/.hydra/resume-<time>/, leaving the run's original .hydra files as they were.
+    """Rewrites `train.py resume=X [overrides]` into the command that continues run X in place:
+    its recorded overrides (new ones win), its last.ckpt, and hydra.run.dir = the run's dir, where
+    checkpoints, train.log and TensorBoard events continue; Hydra's record of this invocation goes
+    to <run>/.hydra/resume-<time>/, leaving the run's original .hydra files as they were.
     """
     args = argv[1:]
     values = [a.split("=", 1)[1] for a in args if override_key(a) == "resume" and "=" in a]

@@ -1,11 +1,8 @@
 """Each run's result.json and the end-of-sweep summary: one row per job, best first.
 
-Several writers fill in one run's result.json, one after another in the run's own process: the
-training (metrics, rank 0 only), the entry point (a failure) and `SweepSummary` (overrides, wall
-time), a Hydra callback registered under hydra.callbacks in conf/train.yaml. So the summary works
-the same with the basic, joblib and submitit launchers and the Optuna sweeper; at the end of the
-multirun the launching process collects the files into summary.csv and summary.md. Kept free of
-torch/Lightning imports: the process that launches a sweep reads these files too.
+Each job's own process fills in its result.json (the training's metrics, the entry point's failure,
+SweepSummary's overrides and wall time), so the summary works the same with every launcher and the
+Optuna sweeper; the launching process collects the files at the end, hence no torch/Lightning here.
 """
 
 from __future__ import annotations
@@ -110,14 +107,10 @@ class SweepSummary(Callback):
         if not rows:
             log.warning("sweep summary: no job results under %s", sweep_dir)
             return
-        write_summary(rows, sweep_dir)
+        table = write_summary(rows, sweep_dir)
+        where = f"{sweep_dir / SUMMARY_MD}, {sweep_dir / SUMMARY_CSV}"
+        log.info("sweep summary (%s):\n%s", where, table)
         failed = sum(row.get("status") != "ok" for row in rows)
-        log.info(
-            "sweep summary (%s, %s):\n%s",
-            sweep_dir / SUMMARY_MD,
-            sweep_dir / SUMMARY_CSV,
-            markdown_table(rows, sweep_dir),
-        )
         if failed:
             log.error("%d of %d jobs failed; their errors are in the summary", failed, len(rows))
             if self.exit_on_failure:
@@ -153,24 +146,19 @@ def collect(sweep_dir: Path) -> list[dict]:
 def _varying(rows: list[dict]) -> set[str]:
     """The overrides not shared by every job: what tells the rows apart."""
     lists = [set(row.get("overrides") or []) for row in rows]
-    common = set.intersection(*lists) if lists else set()
-    return set().union(*lists) - common if len(rows) > 1 else set().union(*lists)
+    return set().union(*lists) - (set.intersection(*lists) if len(lists) > 1 else set())
 
 
-def _csv_cell(row: dict, key: str) -> str:
-    value = row.get(key)
-    if value is None:
-        return ""
-    return " ".join(value) if key == "overrides" else str(value)
-
-
-def _cell(row: dict, key: str, sweep_dir: Path, shown: set[str]) -> str:
-    """A Markdown table cell: rounded numbers, the overrides that vary, paths from the sweep dir."""
+def _cell(row: dict, key: str, sweep_dir: Path | None = None, shown: set | None = None) -> str:
+    """A cell of summary.csv (the value as recorded) or, with `sweep_dir`, of the Markdown table:
+    rounded numbers, the overrides that vary, paths from the sweep dir."""
     value = row.get(key)
     if value is None:
         return ""
     if key == "overrides":
-        return " ".join(o for o in value if o in shown)
+        return " ".join(o for o in value if shown is None or o in shown)
+    if sweep_dir is None:
+        return str(value)
     if key in ("val_loss_best", "val_bpc"):
         return f"{value:.4f}"
     if key == "params":
@@ -183,19 +171,20 @@ def _cell(row: dict, key: str, sweep_dir: Path, shown: set[str]) -> str:
     return str(value)
 
 
-def write_summary(rows: list[dict], sweep_dir: Path) -> None:
-    """summary.csv (every value as recorded) and summary.md (the table that is printed)."""
+def write_summary(rows: list[dict], sweep_dir: Path) -> str:
+    """summary.csv (every value as recorded) and summary.md (the table, returned for printing)."""
 
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow([title for _, title in COLUMNS])
-            for row in rows:
-                writer.writerow([_csv_cell(row, key) for key, _ in COLUMNS])
+            writer.writerows([_cell(row, key) for key, _ in COLUMNS] for row in rows)
 
-    table = markdown_table(rows, sweep_dir) + "\n"
+    table = markdown_table(rows, sweep_dir)
+    text = table + "\n"
     write_atomically(sweep_dir / SUMMARY_CSV, write_csv)
-    write_atomically(sweep_dir / SUMMARY_MD, lambda tmp: Path(tmp).write_text(table, "utf-8"))
+    write_atomically(sweep_dir / SUMMARY_MD, lambda tmp: Path(tmp).write_text(text, "utf-8"))
+    return table
 
 
 def markdown_table(rows: list[dict], sweep_dir: Path) -> str:
@@ -209,6 +198,5 @@ def markdown_table(rows: list[dict], sweep_dir: Path) -> str:
         cells = [_cell(row, key, sweep_dir, shown).replace("|", "\\|") for key, _ in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     if common:
-        lines.append("")
-        lines.append("Common to every job: `" + " ".join(common) + "`")
+        lines += ["", "Common to every job: `" + " ".join(common) + "`"]
     return "\n".join(lines)

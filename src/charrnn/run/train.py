@@ -35,9 +35,8 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     noise = ("💡 Tip", "Trainer already configured with model summary")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith(noise)
-    )
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero.addFilter(lambda record: not str(record.msg).startswith(noise))
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
@@ -45,12 +44,9 @@ _quiet_lightning()
 
 
 class _JobLogging(L.Callback):
-    """Gives training processes started fresh (spawn-based DDP) the Hydra job's logging setup.
-
-    Spawned processes receive the Trainer pickled. Unpickling this callback there imports this
-    module (which routes Lightning's logs as above) and adds the job's handlers (console + the run
-    dir's log file) before the processes connect, so their start-up messages are kept too.
-    """
+    """Gives training processes started fresh (spawn-based DDP) the Hydra job's logging setup:
+    unpickling it there imports this module (routing Lightning's logs) and adds the job's handlers
+    before the processes connect, so their start-up messages reach the run's log too."""
 
     def __init__(self, config: dict):
         self.config = config
@@ -83,11 +79,10 @@ def cpu_steal() -> tuple[int, int]:
 
 
 class RunResult(L.Callback):
-    """Records the run's outcome in run_dir/result.json when fitting ends (rank 0 only), with the
-    precision that ran and why, and the CPU time the hypervisor took meanwhile (steal).
+    """Records the run's outcome, precision (and why) and CPU steal in run_dir/result.json (rank 0).
 
-    Runs in the training process itself, which under spawn-based DDP is not the Hydra job's process:
-    the numbers come from where they were measured.
+    In the training process itself (under spawn-based DDP not the Hydra job's), where the numbers
+    are measured.
     """
 
     def __init__(self, run_dir, precision_reason: str = ""):
@@ -128,23 +123,19 @@ def _plain(node) -> dict | None:
 
 def _flat_params(cfg: DictConfig) -> dict:
     """The run's hyperparameters as flat scalar key/values, for TensorBoard's HPARAMS view."""
-    flat = {}
 
     def walk(prefix, node):
         for key, value in node.items():
             if key.startswith("_"):
                 continue
             if isinstance(value, dict):
-                walk(f"{prefix}{key}.", value)
-            elif isinstance(value, (int, float, str, bool)):
-                flat[prefix + key] = value
-            elif value is None:
-                flat[prefix + key] = "null"
+                yield from walk(f"{prefix}{key}.", value)
+            elif value is None or isinstance(value, (int, float, str, bool)):
+                yield prefix + key, "null" if value is None else value
 
     groups = {k: _plain(cfg[k]) for k in ("data", "model", "optimizer", "trainer") if k in cfg}
     groups["scheduler"] = _plain(cfg.get("scheduler")) or {"name": "none"}
-    walk("", {"seed": cfg.seed, **groups})
-    return flat
+    return dict(walk("", {"seed": cfg.seed, **groups}))
 
 
 def keep_freed_memory() -> None:
@@ -167,12 +158,9 @@ def keep_freed_memory() -> None:
 def build(
     cfg: DictConfig, overrides: list[str] | None = None, run_dir: Path | None = None
 ) -> tuple[CharDataModule, CharLM, L.Trainer]:
-    """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer.
-
-    `overrides` (the run's command line) are recorded in every checkpoint, for resume=; with
-    `run_dir` the outcome goes to its result.json. The config is checked before
-    (charrnn.run.config.validate_train, by src/train.py).
-    """
+    """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer,
+    from a config already checked (validate_train, by src/train.py). `overrides` go into every
+    checkpoint for resume=; with `run_dir` the outcome goes to its result.json."""
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
@@ -231,11 +219,7 @@ def train(
         f"{params:,}",
     )
     launcher = trainer.strategy.launcher  # spawn-based DDP: new interpreters run the fit
-    if (
-        launcher is not None
-        and not launcher.is_interactive_compatible
-        and HydraConfig.initialized()
-    ):
+    if not getattr(launcher, "is_interactive_compatible", True) and HydraConfig.initialized():
         trainer.callbacks.append(_JobLogging(_plain(HydraConfig.get().job_logging)))
     with warnings.catch_warnings():
         if cfg.get("resume"):  # continuing in the run's own dir: its checkpoints are expected there
@@ -260,10 +244,8 @@ def _report(trainer: L.Trainer, best: float, run_dir: Path | None, overrides: li
     if best_path:
         lines.append(f"best checkpoint: {best_path}")
     if run_dir is not None:
-        lines.append(f"run dir: {run_dir}")
-        lines.append(f"TensorBoard: tensorboard --logdir {run_dir}")
+        lines += [f"run dir: {run_dir}", f"TensorBoard: tensorboard --logdir {run_dir}"]
         if (run_dir / "checkpoints" / "last.ckpt").exists():
-            lines.append(
-                f"resume (e.g. with more trainer.max_epochs): python src/train.py resume={run_dir}"
-            )
+            how = "resume (e.g. with more trainer.max_epochs)"
+            lines.append(f"{how}: python src/train.py resume={run_dir}")
     log.info("done.\n  " + "\n  ".join(lines))
