@@ -38,6 +38,7 @@ def _quiet_lightning() -> None:
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     rank_zero.addFilter(lambda record: not str(record.msg).startswith(noise))
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message="Precision .* is not supported by the model summary")
 
 
 _quiet_lightning()
