@@ -75,7 +75,7 @@ def test_groups_change_what_they_should():
         ("data.seq_length=0", "data.seq_length: 0"),
         (
             "trainer.precision=8-bit",
-            "trainer.precision: '8-bit' is not allowed; choose one of 32-true",
+            "trainer.precision: '8-bit' is not allowed; choose one of auto, 32-true",
         ),
         ("trainer.accelerator=abacus", "trainer.accelerator: 'abacus'"),
         ("optimizer.lr=-1", "optimizer.lr: -1"),
