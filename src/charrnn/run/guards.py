@@ -142,7 +142,7 @@ class LastCheckpoint(Checkpoint):
     def save(self, trainer) -> Path | None:
         if trainer.fast_dev_run or trainer.sanity_checking:
             return None
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
         self.saved_step = trainer.global_step
         return self.path
 
