@@ -53,17 +53,18 @@ def generate(cfg: DictConfig) -> list[str]:
     seed = cfg.seed if cfg.seed is not None else int(torch.randint(2**31, ()))
     sampler = Sampler(trained.net.to(device), vocab)
     stream = cfg.num_samples == 1
-    started = []
+    shape = f"{model['cell']} {model['num_layers']}x{model['rnn_units']}"
+    header = f"{path}: {shape}, {vocab.unk_id} characters; seed={seed}"
+    started = False
 
-    def show(chars: list[str]) -> None:  # first called once the sampler has taken the options
+    def show(chars: list[str]) -> None:  # streaming: first called once the sampler took the options
+        nonlocal started
         if not started:
-            started.append(True)
-            shape = f"{model['cell']} {model['num_layers']}x{model['rnn_units']}"
-            print(f"{path}: {shape}, {vocab.unk_id} characters; seed={seed}", file=sys.stderr)
-            sys.stdout.write(prompt if stream else "")
-        if stream:
-            sys.stdout.write(chars[0])
-            sys.stdout.flush()
+            started = True
+            print(header, file=sys.stderr)
+            sys.stdout.write(prompt)
+        sys.stdout.write(chars[0])
+        sys.stdout.flush()
 
     texts = sampler.generate(
         prompt,
@@ -72,8 +73,10 @@ def generate(cfg: DictConfig) -> list[str]:
         cfg.top_k,
         cfg.num_samples,
         seed_generator(seed),
-        on_step=show,
+        on_step=show if stream else None,  # a batch is printed whole, after its header
     )
+    if not stream:
+        print(header, file=sys.stderr)
     samples = [prompt + text for text in texts]
     if stream:
         sys.stdout.write("\n")

@@ -88,7 +88,7 @@ class RunResult(L.Callback):
 
     def __init__(self, run_dir, precision_reason: str = ""):
         self.run_dir, self.precision_reason = run_dir, precision_reason
-        self.steal_start = cpu_steal()
+        self.steal_start = (0, 0)  # taken when fitting starts
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         self.steal_start = cpu_steal()
