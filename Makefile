@@ -23,7 +23,7 @@ train: $(STAMP) ## train the best 10-minute model on tiny Shakespeare (TRAIN=...
 	$(PY) src/train.py $(TRAIN) $(ARGS)
 
 test: $(STAMP) ## run the test suite
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto $(ARGS)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(PY) -m ruff check src tests bench

@@ -13,14 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import charrnn.run  # noqa: F401  (registers the config's resolvers)
+from charrnn.run.config import machine_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# pytest-xdist runs one test per core at once (make test: -n auto): each gets its share of the
+# cores, in-process and in the commands it starts, so they do not fight over the same ones
+THREADS = max(1, machine_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
 
 _NAMES = ["ROMEO", "JULIET", "NURSE", "FRIAR"]
 _WORDS = (
@@ -73,17 +79,20 @@ def _command(script: str, args: tuple[str, ...]) -> list[str]:
 
 
 def _environ(env: dict | None) -> dict:
-    """The test's environment without HYDRA_FULL_ERROR (a developer's shell may set it), plus
-    `env`."""
+    """The test's environment without HYDRA_FULL_ERROR (a developer's shell may set it), with
+    DeprecationWarnings as errors (no command may print one: a deprecated API fails every CLI
+    test that reaches it), plus `env`."""
     environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return {**environ, **(env or {})}
+    forced = {"PYTHONWARNINGS": "error::DeprecationWarning", "OMP_NUM_THREADS": str(THREADS)}
+    return {**environ, **forced, **(env or {})}
 
 
 def run_cli(
     script: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Runs one of the real entry points (src/<script>) to its end in a subprocess."""
-    return subprocess.run(
+    """Runs one of the real entry points (src/<script>) to its end in a subprocess; it printed
+    nothing about deprecation."""
+    result = subprocess.run(
         _command(script, args),
         cwd=cwd,
         env=_environ(env),
@@ -91,6 +100,8 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+    assert "deprecat" not in (result.stdout + result.stderr).lower(), result.stderr[-3000:]
+    return result
 
 
 def start_cli(script: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
@@ -107,8 +118,9 @@ def start_cli(script: str, *args: str, cwd: Path, env: dict | None = None) -> su
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    """Waits for a start_cli command to end; its whole output."""
+    """Waits for a start_cli command to end; its whole output (nothing about deprecation)."""
     out, _ = proc.communicate(timeout=timeout)
+    assert "deprecat" not in out.lower(), out[-3000:]
     return out
 
 

@@ -1,6 +1,5 @@
 """generate.py: finding and loading checkpoints, the CLI end to end, and its one-line errors."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, make_text, run_cli
+from conftest import ROOT, run_cli
 from omegaconf import OmegaConf
 
 from charrnn.errors import CharRNNError
@@ -220,22 +219,3 @@ def test_generate_and_export_do_not_import_lightning():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-
-
-def test_train_generate_and_export_print_no_deprecation_warning(tmp_path, monkeypatch):
-    """Every command runs with DeprecationWarnings as errors (PYTHONWARNINGS reaches the
-    subprocesses) and prints nothing about deprecation."""
-    monkeypatch.setenv("PYTHONWARNINGS", "error::DeprecationWarning")
-    corpus = tmp_path / "play.txt"
-    corpus.write_text(make_text(20_000))
-    commands = [
-        ("train.py", f"data.path={corpus}", *TINY, "trainer.max_epochs=1"),
-        ("generate.py", "length=50"),
-        ("export.py", f"out={tmp_path / 'generator.pt2'}"),
-    ]
-    if importlib.util.find_spec("onnxruntime"):
-        commands.append(("export.py", f"out={tmp_path / 'generator.onnx'}"))
-    for script, *args in commands:
-        result = run_cli(script, *args, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "deprecat" not in (result.stdout + result.stderr).lower(), (script, result.stderr)
