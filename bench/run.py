@@ -57,6 +57,13 @@ class Plan:
     scale_rounds: int
     startup_rounds: int
     matmul_size: int
+    imports: tuple[str, ...] = (
+        "torch",
+        "lightning",
+        "charrnn",
+        "charrnn.sampling",
+        "charrnn.run.train",
+    )
 
 
 TUTORIAL = {"embedding_dim": 256, "rnn_units": 1024, "batch_size": 64, "seq_length": 100}
@@ -69,7 +76,8 @@ PLANS = {
                   startup_rounds=2, matmul_size=2048),
     "smoke": Plan(embedding_dim=16, rnn_units=32, batch_size=8, seq_length=16, rounds=1,
                   warmup=1, steps=2, gen_length=20, gen_rounds=2, scale_mb=(0.01, 0.1),
-                  naive_mb=(0.01,), scale_rounds=1, startup_rounds=1, matmul_size=256),
+                  naive_mb=(0.01,), scale_rounds=1, startup_rounds=1, matmul_size=256,
+                  imports=("charrnn.run.train",)),  # each import is a child process: seconds
 }  # fmt: skip
 
 MULTIBYTE = "éü—…€😀"  # 2-, 3- and 4-byte UTF-8, mixed into the scale corpora
@@ -574,8 +582,7 @@ def scale_section(plan: Plan, text: str, workdir: Path) -> dict:
 # ---------------------------------------------------------------------------------------- startup
 
 
-IMPORTS = ("torch", "lightning", "charrnn", "charrnn.sampling", "charrnn.run.train")  # torch and
-# lightning for scale: what each entry point pays before it does anything
+# Plan.imports: what each entry point pays before it does anything (torch, lightning for scale)
 IMPORT_CHILD = "import sys, time; t = time.perf_counter(); __import__(sys.argv[1]); " + (
     "print(time.perf_counter() - t)"
 )
@@ -585,11 +592,11 @@ def startup_section(plan: Plan, corpus: Path, workdir: Path) -> dict:
     """Wall seconds from launching `python src/train.py size=tiny` to its first training step."""
     env = child_env(ROOT / "bench")  # bench/ for first_step.FirstStepClock
     train_py = ROOT / "src" / "train.py"
-    imports = {name: [] for name in IMPORTS}
+    imports = {name: [] for name in plan.imports}
     python, first_step, whole = [], [], []
     for r in range(plan.startup_rounds):
         python.append(timed(subprocess.run, [sys.executable, "-c", "pass"], check=True))
-        for name in IMPORTS:  # timed inside the child: interpreter start and exit not included
+        for name in plan.imports:  # timed inside the child: interpreter start and exit not included
             done = subprocess.run(
                 [sys.executable, "-c", IMPORT_CHILD, name],
                 env=env,
@@ -757,7 +764,9 @@ def table(results: dict) -> str:
             f"{fmt(s, 'first_step_s', '.2f')} s "
             f"(the whole one-step run: {fmt(s, 'one_step_run_s', '.2f')} s)"
         )
-        imports = ", ".join(f"{name} {fmt(s, f'import_{name}_s', '.2f')}" for name in IMPORTS)
+        imports = ", ".join(
+            f"{key[7:-2]} {fmt(s, key, '.2f')}" for key in s if key.startswith("import_")
+        )
         lines.append(
             f"  python starts and exits in {s['python_s']['median']:.2f} s; imports, s: {imports}"
         )

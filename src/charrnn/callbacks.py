@@ -19,8 +19,8 @@ def as_markdown_verbatim(text: str) -> str:
 
 
 class SampleText(L.Callback):
-    """After each validation run, samples text from a fixed prompt with its own seeded generator,
-    which leaves the training random stream untouched."""
+    """Text sampled after each validation from a fixed prompt, with its own seeded generator (the
+    training random stream stays untouched)."""
 
     def __init__(
         self,
@@ -65,11 +65,8 @@ class SampleText(L.Callback):
 
 
 class HParamsMetric(L.Callback):
-    """Declares `val/loss_best` as the metric of this run's hyperparameters in TensorBoard's HPARAMS.
-
-    The metric's values are the `val/loss_best` scalars the module logs; this writes only the
-    session header, so no fake value is ever plotted.
-    """
+    """Declares `val/loss_best` the metric of the run's hyperparameters in TensorBoard's HPARAMS:
+    only the session header, so no fake value is plotted (Lightning's log_hyperparams logs one)."""
 
     def __init__(self, params: dict, metric: str = "val/loss_best"):
         self.params, self.metric = params, metric

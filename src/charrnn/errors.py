@@ -9,8 +9,7 @@ class CharRNNError(Exception):
 
 
 def exit_with(err: CharRNNError, printer=None):
-    """Ends a command on a user mistake: one `error:` line (on stderr, or through `printer`, e.g. a
-    run's logger), exit code 1; the traceback only with HYDRA_FULL_ERROR=1."""
+    """One `error:` line (stderr, or `printer`), exit code 1; a traceback with HYDRA_FULL_ERROR=1."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
     sys.stdout.flush()
@@ -19,8 +18,7 @@ def exit_with(err: CharRNNError, printer=None):
 
 
 def run_command(command, cfg):
-    """Runs an entry point's command: a user mistake ends it in one `error:` line (exit_with), a
-    reader that went away (`... | head`) quietly."""
+    """An entry point's command: a user mistake ends in one line, a closed pipe (`| head`) quietly."""
     try:
         return command(cfg)
     except CharRNNError as err:

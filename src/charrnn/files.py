@@ -12,11 +12,8 @@ PART = ".part"  # suffix of the temp file beside the target while it is written
 
 
 def write_atomically(path: Path, write: Callable[[str], None]) -> Path:
-    """Calls write(temp_path) beside `path`, fsyncs it and renames it onto `path`.
-
-    If `write` raises (a failed check, a full disk, Ctrl-C), the temp file is removed and whatever
-    was at `path` is left as it was.
-    """
+    """Calls write(temp_path) beside `path`, fsyncs it and renames it onto `path`; if `write`
+    raises (a failed check, a full disk, Ctrl-C) what was at `path` stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART)

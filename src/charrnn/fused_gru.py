@@ -1,16 +1,12 @@
 """A GRU layer built around large matrix products, for CPU training speed.
 
-`nn.GRU` on CPU runs each time step's recurrent product forward and then lets autograd replay the
-sequence step by step, with a small weight-gradient product and a dozen small ops per step. Here:
-- the recurrent weight gradient is one sequence-long product, and backward is written by hand: every
-  gate gradient is the incoming gradient times a coefficient saved by the forward pass;
-- the per-step products use MKL's packed GEMM, which packs the weight once per sequence;
-- after an embedding, the input projection is a lookup in the projected embedding table;
-- under CPU autocast to bfloat16 the matrix products take bf16 operands (fp32 accumulation inside
-  oneDNN, 3-5x the fp32 rate on CPUs with AVX-512-BF16 or AMX), while the parameters, hidden state
-  and gate math stay fp32.
-Same parameters, initialisation, equations and state-dict keys as `nn.GRU` (checkpoints move
-between the two); short sequences (sampling) and CUDA tensors take `nn.GRU`'s own path.
+`nn.GRU` on CPU has autograd replay the sequence step by step, a dozen small ops per step. Here
+backward is written by hand (each gate gradient is the incoming one times a coefficient saved
+forward) with one sequence-long weight-gradient product; per-step products use MKL's packed GEMM;
+after an embedding the input projection is a lookup in the projected table; under CPU bf16
+autocast the products take bf16 operands (3-5x fp32 on AVX-512-BF16/AMX) while the parameters,
+state and gate math stay fp32. Same parameters, equations and state-dict keys as `nn.GRU`;
+short sequences (sampling) and CUDA tensors take `nn.GRU`'s own path.
 """
 
 from __future__ import annotations
@@ -24,12 +20,8 @@ MIN_STEPS = 8  # shorter sequences (e.g. sampling, one character per call) go th
 
 
 def bf16_matmul_supported() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX-512-BF16 or AMX-BF16), so that
-    bf16-mixed training is faster than fp32 rather than emulated and slower.
-
-    oneDNN's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) is also true on plain
-    AVX-512 CPUs, where it emulates bf16; cpuinfo's flags (via torch) say what the silicon has.
-    """
+    """Whether this CPU multiplies bf16 natively (AVX-512-BF16, AMX), so bf16 beats fp32. oneDNN's
+    own check is also true on plain AVX-512, where it emulates bf16; cpuinfo's flags are not."""
     if not torch.backends.mkldnn.is_available():  # bf16 mm without oneDNN is a slow reference loop
         return False
     capabilities = torch.cpu.get_capabilities()
@@ -37,15 +29,12 @@ def bf16_matmul_supported() -> bool:
 
 
 def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype | None = None):
-    """x -> x @ weight.T (+ bias) for `calls` products with `rows`-row inputs x.
+    """x -> x @ weight.T (+ bias) for `calls` products of `rows`-row inputs.
 
-    A plain GEMM re-packs the whole weight on every call, which for a 64-row product costs about a
-    third of the time; MKL's packed GEMM packs it once per sequence (fp32 on CPU, where available).
-    A few calls, or one-row products (matrix-vector, nothing to pack), are not worth the packing.
-    With `dtype` (bf16 under autocast) the operands are cast to it, the weight once here, and the
-    product is cast back to the weight's dtype: on CPU, elementwise ops that mix bf16 and fp32
-    tensors are several times slower than one contiguous cast.
-    """
+    A plain GEMM re-packs the weight every call (a third of a 64-row product's time); MKL's packed
+    GEMM packs it once (fp32 CPU, not worth it for few calls or one row). With `dtype` (bf16 under
+    autocast) the weight is cast once here and each product back to fp32: on CPU, elementwise ops
+    mixing bf16 and fp32 are several times slower than one contiguous cast."""
     result, dtype = weight.dtype, dtype or weight.dtype
     packable = weight.dtype == dtype == torch.float32 and weight.device.type == "cpu"
     if _MKL_PACKED and packable and calls >= MIN_STEPS and rows > 1:
@@ -63,16 +52,12 @@ def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype 
 
 
 class GRURecurrence(torch.autograd.Function):
-    """The recurrent half of one GRU layer over a whole sequence, time-major.
+    """The recurrent half of one GRU layer, time-major: gi [T, B, 3H] (input projections with
+    bias), h0 [B, H], w_hh [3H, H], b_hh [3H] -> h_1..h_T [T, B, H].
 
-    Inputs: gi [T, B, 3H] (input projections, bias included), h0 [B, H], w_hh [3H, H], b_hh [3H],
-    and whether grad mode is on. Output: the hidden states h_1..h_T as [T, B, H].
-    gi's dtype is the dtype of the matrix products: bf16 under autocast, where the state, gates
-    and coefficients stay in h0's dtype (fp32) and each step upcasts its slice of gi. Gradients
-    of the pre-activations are stored in the product dtype, the one all their consumers want.
-    Forward stores the gate coefficients while r, z, n are in cache, so each backward step is one
-    broadcast multiply and one matrix product.
-    """
+    gi's dtype is the products' (bf16 under autocast; the state, gates and coefficients stay in
+    h0's fp32). Forward stores the gate coefficients while r, z, n are in cache, so a backward
+    step is one broadcast multiply and one product."""
 
     @staticmethod
     def forward(ctx, gi, h0, w_hh, b_hh, grad_enabled: bool):
@@ -135,11 +120,8 @@ class GRURecurrence(torch.autograd.Function):
 
 
 def _fusable_autocast(device_type: str) -> bool:
-    """No autocast, or CPU autocast to bf16: the casts `GRURecurrence` and `_layers` know.
-
-    Under bf16 autocast `F.linear` already gives the bf16 input projections (autocast casts and
-    caches the weights); other autocast dtypes go to nn.GRU, which runs them in fp32.
-    """
+    """No autocast, or CPU autocast to bf16 (F.linear then gives bf16 projections): the casts
+    GRURecurrence knows; other autocast dtypes go to nn.GRU."""
     if not torch.is_autocast_enabled(device_type):
         return True
     return device_type == "cpu" and torch.get_autocast_dtype(device_type) == torch.bfloat16
@@ -164,13 +146,8 @@ class FusedGRU(nn.GRU):
         return self._layers(F.linear(x, self.weight_ih_l0, self.bias_ih_l0), hx)
 
     def forward_ids(self, ids: torch.Tensor, embedding: torch.Tensor, hx=None):
-        """`forward(embedding[ids])`, projecting each vocabulary row once instead of each position.
-
-        x W_ih^T + b_ih of an embedded character is a row of the [vocab, 3H] table of projected
-        embeddings: a gather forward and a scatter-add backward replace three sequence-long
-        products. Worth it only when there are more positions than vocabulary rows. Under bf16
-        autocast the table is a bf16 product, like the projections it stands for.
-        """
+        """`forward(embedding[ids])` with each vocabulary row projected once, not each position: a
+        gather forward and a scatter-add backward replace three sequence-long products."""
         small = ids.dim() != 2 or ids.numel() <= embedding.shape[0]
         if ids.is_cuda or small or not _fusable_autocast(ids.device.type):
             return self.forward(F.embedding(ids, embedding), hx)

@@ -34,11 +34,8 @@ def _matches(hidden: Hidden | None, rows: int) -> bool:
 
 
 class CharLM(L.LightningModule):
-    """Trains a CharRNN with cross-entropy; validation carries the hidden state across windows.
-
-    Every constructor argument is a plain type (str, int, float, dict), so checkpoints load with
-    `weights_only=True` and hold everything needed to rebuild the model, vocabulary included.
-    """
+    """Trains a CharRNN with cross-entropy; validation carries the state across windows. Every
+    argument is a plain type, so checkpoints load weights_only and hold all that rebuilds it."""
 
     def __init__(
         self,
@@ -110,8 +107,8 @@ class CharLM(L.LightningModule):
             checkpoint["train_hidden"] = self._train_hidden
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Lightning calls this before it loads the weights: refuse, in one line, a checkpoint this
-        run cannot continue (another alphabet, another network shape, or no training state)."""
+        """Before Lightning loads the weights: refuses, in one line, a checkpoint this run cannot
+        continue (another alphabet or network shape, no training state)."""
         corpus = getattr(self.trainer.datamodule, "corpus_path", "this corpus")
         model = dict(self.hparams.model)
         _check_continuable(checkpoint, self.trainer.ckpt_path, self.vocab.chars, model, corpus)

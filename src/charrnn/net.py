@@ -17,10 +17,8 @@ Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class CharRNN(nn.Module):
-    """Character language model; `forward` takes ids [batch, time] and an optional hidden state.
-
-    Its arguments are checked where they enter, in charrnn.run.config: an unknown cell is a KeyError.
-    """
+    """ids [batch, time] (+ hidden state) -> logits, state. Arguments are checked where they
+    enter (charrnn.run.config)."""
 
     def __init__(
         self,

@@ -11,11 +11,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 class WarmupCosine(LRScheduler):
     """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio` × the base lr.
-
-    Progress is the larger of steps done / `total_steps` and the fraction of the wall-time budget
-    used (`time_fraction`, e.g. from the Trainer's `max_time`), so a recipe with a time budget
-    still ends its schedule when the budget does.
-    """
+    Progress is the larger of steps / `total_steps` and the used fraction of a wall-time budget
+    (`time_fraction`, from the Trainer's `max_time`), so the schedule ends with the budget."""
 
     def __init__(
         self,

@@ -8,10 +8,8 @@ from charrnn.errors import CharRNNError
 
 
 class Vocab:
-    """Maps characters to ids 0..n-1 (sorted) and reserves id n for anything unseen.
-
-    It is stored in checkpoints as the plain string `chars`, so a checkpoint needs no pickle.
-    """
+    """Characters -> ids 0..n-1 (sorted), id n for anything unseen; stored in checkpoints as the
+    plain string `chars` (no pickle)."""
 
     def __init__(self, chars: str):
         if len(set(chars)) != len(chars) or list(chars) != sorted(chars):
@@ -32,14 +30,8 @@ class Vocab:
         """The vocabulary of the code points that occur (the non-zero entries of `counts`)."""
         return cls("".join(map(chr, np.flatnonzero(counts))))
 
-    def __len__(self) -> int:
-        return self.size
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and other.chars == self.chars
-
-    def __repr__(self) -> str:
-        return f"Vocab({self.size} ids: {self.chars!r} + <unk>)"
 
     def unknown(self, text: str) -> list[str]:
         """The distinct characters of `text` this vocabulary has never seen, in order of appearance."""

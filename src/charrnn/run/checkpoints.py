@@ -1,9 +1,5 @@
-"""Checkpoint files: safe reads, `last`/`best` of the newest run, and the network rebuilt from one.
-
-A checkpoint is read with `weights_only=True` only, and every way a file can be wrong (missing, a
-directory, not a checkpoint, truncated, holding pickled objects, not ours) becomes one CharRNNError
-line. Reading one needs torch but not Lightning: generate and export never import it.
-"""
+"""Checkpoint files: safe reads (weights_only=True; every way a file can be wrong is one line),
+`last`/`best` of the newest run, the network rebuilt from one. Needs torch, not Lightning."""
 
 from __future__ import annotations
 
@@ -25,9 +21,8 @@ _VAL_LOSS = re.compile(r"val_loss(\d+(?:\.\d+)?)")
 
 
 def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool = True) -> dict:
-    """The checkpoint at `path`, loaded with weights_only=True onto the CPU, or one clear error.
-    `mmap` maps the tensors (a cheap look); `ours=False` accepts any safe checkpoint (Lightning's
-    own temporary ones, e.g. DDP spawn's)."""
+    """The checkpoint at `path` on the CPU, or one clear error. `mmap` maps the tensors (a cheap
+    look); `ours=False` accepts any safe checkpoint (Lightning's own, e.g. DDP spawn's)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CharRNNError(
@@ -78,10 +73,8 @@ def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool
 
 
 def newest_run_checkpoint(alias: str, outputs: Path, key: str) -> Path:
-    """`last` or `best` of the newest run under `outputs`, or a one-line error saying what is not.
-
-    Runs are single runs (runs/<time>/) and sweep jobs (multirun/<time>/<job>/); the newest is the
-    one whose checkpoints were written last (a resumed run counts as new)."""
+    """`last` or `best` of the run (runs/<time>/ or multirun/<time>/<job>/) whose checkpoints were
+    written last, or a one-line error saying what is not there."""
     folders = [*outputs.glob("runs/*/checkpoints"), *outputs.glob("multirun/*/*/checkpoints")]
     written = {d: max((p.stat().st_mtime for p in d.glob("*.ckpt")), default=None) for d in folders}
     newest = max((d for d, t in written.items() if t is not None), key=written.get, default=None)
@@ -121,8 +114,6 @@ def resolve(ckpt: str, runs_dir: str | Path = "outputs") -> Path:
 
 @dataclass
 class Trained:
-    """A checkpoint turned back into its network (eval mode, CPU) and vocabulary."""
-
     net: CharRNN
     vocab: Vocab
     hparams: dict

@@ -1,7 +1,5 @@
-"""The train config's checks (a bad value fails in one line that names it) and its resolvers,
-registered when charrnn.run is imported, not in an entry point: a parallel launcher's jobs resolve
-their config in worker processes that never run the entry point's code.
-"""
+"""The train config's checks (a bad value fails in one line naming it) and its resolvers,
+registered on import of charrnn.run: a parallel launcher's workers never run the entry point."""
 
 from __future__ import annotations
 
@@ -98,9 +96,8 @@ def machine_cores() -> int:
 
 
 def cores_per_job(n_jobs: int | None = None) -> int | None:
-    """The machine's cores shared out among the jobs a launcher runs at once, at least one each.
-    n_jobs (default: hydra.launcher.n_jobs) follows joblib: -1 one job per core, -2 all cores but
-    one, ...; None without such a launcher, i.e. torch's own default: all cores."""
+    """The cores shared out among the jobs a launcher runs at once (n_jobs, by default
+    hydra.launcher.n_jobs, as joblib reads it: -1 one job per core, ...); None without one."""
     if n_jobs is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -114,10 +111,8 @@ def cores_per_job(n_jobs: int | None = None) -> int | None:
 
 
 def run_name(override_dirname: str, limit: int = 200) -> str:
-    """A job's override_dirname made safe as a directory name (and readable as a TensorBoard run):
-    numbers keep 4 significant digits (Optuna suggests 0.0013922830138102383) and file names have
-    at most 255 bytes, so it stops at `limit`, at an item boundary when it can (the job number in
-    front keeps names unique)."""
+    """A job's override_dirname as a directory (and TensorBoard run) name: numbers to 4 digits
+    (Optuna suggests 0.0013922830138102383), cut at `limit` at an item boundary when it can."""
     items = []
     for item in override_dirname.split(","):
         key, sep, value = item.partition("=")

@@ -1,6 +1,5 @@
-"""What keeps a run from being lost: atomic checkpoint files, what a checkpoint must record for an
-exact resume, a clean stop on Ctrl-C or SIGTERM, and a stop before non-finite values are saved.
-"""
+"""What keeps a run from being lost: atomic checkpoints, what an exact resume needs, a clean stop
+on Ctrl-C or SIGTERM, and a stop before non-finite values are saved."""
 
 from __future__ import annotations
 
@@ -25,12 +24,10 @@ METRICS = "logged_metrics"  # ResumeState's copy of trainer.callback_metrics in 
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO through write_atomically and read_checkpoint.
+    """Checkpoints through write_atomically and read_checkpoint (weights_only=True always).
 
-    Lightning 2.6 writes to a temp file in the system temp dir and moves it: a copy, not an atomic
-    rename, when that is another filesystem, and the temp file is left behind on a kill. Loads are
-    weights_only=True always.
-    """
+    Lightning 2.6 writes a temp file in the system temp dir and moves it: a copy, not an atomic
+    rename, across filesystems, and the temp file stays behind on a kill."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
@@ -48,11 +45,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumeState(L.Callback):
-    """Stores in every checkpoint what Lightning does not: the command-line overrides (replayed by
-    resume=), the global torch random state (dropout's) and the logged metrics. On resume it redoes
-    what Lightning leaves out: the scheduler steps of a checkpoint taken at an epoch's end, and a
-    changed `optimizer.lr` (the restored optimiser state would otherwise keep the old one).
-    """
+    """Stores what Lightning does not: the overrides (replayed by resume=), the torch random state
+    (dropout's) and the logged metrics. On resume it redoes what Lightning leaves out: the scheduler
+    steps of a checkpoint taken at an epoch's end, and a changed `optimizer.lr`."""
 
     state_key = RECORD  # where charrnn.run.resume.recorded_overrides finds it
 
@@ -89,10 +84,9 @@ class ResumeState(L.Callback):
         self._apply_new_lr(trainer, pl_module)
 
     def _step_skipped_schedulers(self, trainer) -> None:
-        """The epoch-end scheduler steps Lightning leaves out when it resumes from a checkpoint
-        written at an epoch's end, before those steps: every epoch scheduler when the epoch counts
-        as finished ("resumed on epoch end"), ReduceLROnPlateau alone when Lightning replays the
-        epoch's end ("restarted on epoch end"), with the val/loss the checkpoint recorded."""
+        """From a checkpoint written at an epoch's end, before its scheduler steps: every epoch
+        scheduler when the epoch counts as finished, ReduceLROnPlateau alone (with the recorded
+        val/loss) when Lightning replays the epoch's end."""
         loop = trainer.fit_loop
         if not (loop.resumed_on_epoch_end or loop.restarted_on_epoch_end):
             return
@@ -120,12 +114,9 @@ class ResumeState(L.Callback):
 
 
 class LastCheckpoint(Checkpoint):
-    """Keeps `<dirpath>/last.ckpt` current: at every training epoch's end, every
-    `every_n_train_steps` optimiser steps, and when GracefulStop asks. It is what resume= reads.
-
-    Not ModelCheckpoint(save_last=True, save_top_k=0): Lightning 2.6.6 writes last.ckpt at an
-    epoch's end only when it saved a top-k checkpoint at that step (its on_train_epoch_end).
-    """
+    """`<dirpath>/last.ckpt`, what resume= reads: at every epoch's end, every
+    `every_n_train_steps` steps and when GracefulStop asks. Not ModelCheckpoint(save_last=True):
+    Lightning 2.6.6 writes last.ckpt at an epoch's end only along with a new top-k checkpoint."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
         self.path = Path(dirpath) / LAST
@@ -162,14 +153,11 @@ class TrainingStopped(Exception):
 
 
 class GracefulStop(L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM: finish the current batch, write last.ckpt, stop (130 / 143).
+    """Ctrl-C or SIGTERM: finish the batch, write last.ckpt, stop (exit 130 / 143).
 
-    What Lightning lacks: its SIGTERM handler stops without saving (mid-validation, too) and its
-    Ctrl-C stops mid-batch with exit code 1. So while training runs, both signals only set a flag
-    acted on at the next batch's end; Lightning's handlers are back outside (set-up, sanity check,
-    where src/train.py reports that nothing was saved). A second Ctrl-C aborts at once, unsaved.
-    Not OnExceptionCheckpoint: it saves on any error, half-stepped states too.
-    """
+    Lightning's SIGTERM handler stops without saving and its Ctrl-C stops mid-batch with exit code
+    1 (OnExceptionCheckpoint would save half-stepped states). So during training both only set a
+    flag acted on at the batch's end; a second Ctrl-C aborts at once, unsaved."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -218,10 +206,8 @@ def _all_finite(tensors) -> bool:
 
 
 class StopOnNonFinite(L.Callback):
-    """Stops training, in one line naming the step and a remedy, at the first non-finite loss,
-    gradient, weight or val/loss. Its hooks run before the checkpoint callbacks' (Lightning runs
-    those last), so no checkpoint is ever written from such a state.
-    """
+    """One line naming the step and a remedy at the first non-finite loss, gradient, weight or
+    val/loss; its hooks run before the checkpoint callbacks' (Lightning runs those last)."""
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()).all():

@@ -1,16 +1,12 @@
-"""`resume=last | <run dir> | <last.ckpt>`: continue a run in its own directory, with its own overrides.
-
-src/train.py rewrites its command line here before Hydra starts. The overrides come from the
-checkpoint (charrnn.run.guards.ResumeState records them). Needs torch but not Lightning.
-"""
+"""`resume=last | <run dir> | <last.ckpt>`: continue a run in its own dir with its own overrides
+(recorded in the checkpoint by ResumeState): src/train.py rewrites its command line before Hydra
+starts. Needs torch but not Lightning."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
 from pathlib import Path
-
-import yaml
 
 from charrnn.errors import CharRNNError
 from charrnn.run.checkpoints import LAST, newest_run_checkpoint, read_checkpoint
@@ -57,18 +53,13 @@ def locate_resume(value: str, outputs: Path = OUTPUTS) -> Path:
 
 
 def recorded_overrides(checkpoint: dict, run_dir: Path) -> list[str]:
-    """The overrides the checkpoint's run was started with: recorded in the checkpoint, or else in
-    Hydra's <run>/.hydra/overrides.yaml."""
+    """The overrides the checkpoint's run was started with (ResumeState records them)."""
     state = (checkpoint.get("callbacks") or {}).get(RECORD)
     if isinstance(state, dict) and isinstance(state.get("overrides"), list):
         return [str(o) for o in state["overrides"]]
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if saved.is_file():
-        listed = yaml.safe_load(saved.read_text(encoding="utf-8")) or []
-        return [str(o) for o in listed if override_key(str(o)) not in NOT_REPLAYED]
     raise CharRNNError(
-        f"resume: cannot tell how {run_dir} was configured (no overrides in the checkpoint and no "
-        ".hydra/overrides.yaml); use ckpt_path=<file> with the run's original overrides instead"
+        f"resume: {run_dir}'s checkpoint does not record how the run was configured; use "
+        "ckpt_path=<file> with the run's original overrides instead"
     )
 
 
@@ -79,11 +70,9 @@ def merge_overrides(first: list[str], then: list[str]) -> list[str]:
 
 
 def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
-    """Rewrites `train.py resume=X [overrides]` into the command that continues run X in place:
-    its recorded overrides (new ones win), its last.ckpt, and hydra.run.dir = the run's dir, where
-    checkpoints, train.log and TensorBoard events continue; Hydra's record of this invocation goes
-    to <run>/.hydra/resume-<time>/, leaving the run's original .hydra files as they were.
-    """
+    """`train.py resume=X [overrides]` as the command that continues run X in place: its recorded
+    overrides (new ones win), its last.ckpt, hydra.run.dir = its dir; Hydra's record of this
+    invocation goes to <run>/.hydra/resume-<time>/, the original .hydra files left as they were."""
     args = argv[1:]
     values = [a.split("=", 1)[1] for a in args if override_key(a) == "resume" and "=" in a]
     if not values or values[-1] in ("", "null", "none", "None"):

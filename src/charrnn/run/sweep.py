@@ -1,9 +1,7 @@
-"""Each run's result.json and the end-of-sweep summary: one row per job, best first.
+"""Each run's result.json and the end-of-sweep summary, one row per job, best first.
 
-Each job's own process fills in its result.json (the training's metrics, the entry point's failure,
-SweepSummary's overrides and wall time), so the summary works the same with every launcher and the
-Optuna sweeper; the launching process collects the files at the end, hence no torch/Lightning here.
-"""
+Each job's own process fills in its result.json, so the summary works the same with every launcher
+and the Optuna sweeper; the launching process only collects the files (no torch/Lightning here)."""
 
 from __future__ import annotations
 
@@ -121,82 +119,78 @@ def collect(sweep_dir: Path) -> list[dict]:
     """Every job under sweep_dir, best val/loss_best first, then failed jobs by job number."""
     rows = []
     for job_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+        overrides = job_dir / ".hydra" / "overrides.yaml"
         record = read_result(job_dir)
-        if not record:
-            overrides = job_dir / ".hydra" / "overrides.yaml"
-            if not overrides.exists():
-                continue  # not a job dir (.submitit, ...)
+        if not record and overrides.exists():  # else not a job dir (.submitit, ...)
             record = {
                 "status": "failed",
                 "run_dir": str(job_dir),
-                "error": "the job left no result.json",
                 "overrides": list(OmegaConf.load(overrides)),
+                "error": "the job left no result.json",
             }
-        rows.append(record)
+        if record:
+            rows.append(record)
 
     def order(row):
-        loss = row.get("val_loss_best")
-        ok = row.get("status") == "ok" and isinstance(loss, (int, float)) and math.isfinite(loss)
-        job = row.get("job")
-        return (0, loss, 0) if ok else (1, 0.0, job if isinstance(job, int) else 1 << 30)
+        loss, job = row.get("val_loss_best"), row.get("job")
+        if row.get("status") == "ok" and isinstance(loss, (int, float)) and math.isfinite(loss):
+            return (0, loss, 0)
+        return (1, 0.0, job if isinstance(job, int) else 1 << 30)
 
     return sorted(rows, key=order)
 
 
-def _varying(rows: list[dict]) -> set[str]:
-    """The overrides not shared by every job: what tells the rows apart."""
-    lists = [set(row.get("overrides") or []) for row in rows]
-    return set().union(*lists) - (set.intersection(*lists) if len(lists) > 1 else set())
-
-
-def _cell(row: dict, key: str, sweep_dir: Path | None = None, shown: set | None = None) -> str:
-    """A cell of summary.csv (the value as recorded) or, with `sweep_dir`, of the Markdown table:
-    rounded numbers, the overrides that vary, paths from the sweep dir."""
+def _markdown_cell(row: dict, key: str, sweep_dir: Path, shown: set) -> str:
+    """Rounded numbers, only the overrides that tell the rows apart, paths from the sweep dir."""
     value = row.get(key)
-    if value is None:
+    if value is None or value == "":
         return ""
     if key == "overrides":
-        return " ".join(o for o in value if shown is None or o in shown)
-    if sweep_dir is None:
-        return str(value)
-    if key in ("val_loss_best", "val_bpc"):
-        return f"{value:.4f}"
-    if key == "params":
-        return f"{value:,}"
-    if key == "best_checkpoint" and value:
-        path = Path(value)
-        return str(path.relative_to(sweep_dir)) if path.is_relative_to(sweep_dir) else value
-    if key == "error" and len(value) > ERROR_CHARS:
-        return value[: ERROR_CHARS - 3] + "..."  # the whole message is in summary.csv
-    return str(value)
+        value = " ".join(o for o in value if o in shown)
+    elif key in ("val_loss_best", "val_bpc"):
+        value = f"{value:.4f}"
+    elif key == "params":
+        value = f"{value:,}"
+    elif key == "best_checkpoint" and Path(value).is_relative_to(sweep_dir):
+        value = Path(value).relative_to(sweep_dir)
+    elif key == "error" and len(value) > ERROR_CHARS:
+        value = value[: ERROR_CHARS - 3] + "..."  # the whole message is in summary.csv
+    return str(value).replace("|", "\\|")
 
 
 def write_summary(rows: list[dict], sweep_dir: Path) -> str:
     """summary.csv (every value as recorded) and summary.md (the table, returned for printing)."""
-
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow([title for _, title in COLUMNS])
-            writer.writerows([_cell(row, key) for key, _ in COLUMNS] for row in rows)
-
-    table = markdown_table(rows, sweep_dir)
-    text = table + "\n"
-    write_atomically(sweep_dir / SUMMARY_CSV, write_csv)
-    write_atomically(sweep_dir / SUMMARY_MD, lambda tmp: Path(tmp).write_text(text, "utf-8"))
-    return table
-
-
-def markdown_table(rows: list[dict], sweep_dir: Path) -> str:
-    shown = _varying(rows)
-    common = sorted(set().union(*(row.get("overrides") or [] for row in rows)) - shown)
+    lists = [set(row.get("overrides") or []) for row in rows]
+    common = set.intersection(*lists) if len(lists) > 1 else set()
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join("---:" if key in _NUMERIC else "---" for key, _ in COLUMNS) + "|",
+        *(
+            "| "
+            + " | ".join(
+                _markdown_cell(row, k, sweep_dir, set().union(*lists) - common) for k, _ in COLUMNS
+            )
+            + " |"
+            for row in rows
+        ),
     ]
-    for row in rows:
-        cells = [_cell(row, key, sweep_dir, shown).replace("|", "\\|") for key, _ in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
     if common:
-        lines += ["", "Common to every job: `" + " ".join(common) + "`"]
-    return "\n".join(lines)
+        lines += ["", "Common to every job: `" + " ".join(sorted(common)) + "`"]
+    table = "\n".join(lines)
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(
+                [[title for _, title in COLUMNS]]
+                + [[_csv_cell(row.get(key)) for key, _ in COLUMNS] for row in rows]
+            )
+
+    write_atomically(sweep_dir / SUMMARY_CSV, write_csv)
+    write_atomically(
+        sweep_dir / SUMMARY_MD, lambda tmp: Path(tmp).write_text(table + "\n", "utf-8")
+    )
+    return table
+
+
+def _csv_cell(value) -> str:
+    return "" if value is None else " ".join(value) if isinstance(value, list) else str(value)

@@ -45,9 +45,8 @@ _quiet_lightning()
 
 
 class _JobLogging(L.Callback):
-    """Gives training processes started fresh (spawn-based DDP) the Hydra job's logging setup:
-    unpickling it there imports this module (routing Lightning's logs) and adds the job's handlers
-    before the processes connect, so their start-up messages reach the run's log too."""
+    """The Hydra job's logging in processes started fresh (spawn-based DDP): unpickling it there
+    imports this module and adds the job's handlers, so their messages reach the run's log too."""
 
     def __init__(self, config: dict):
         self.config = config
@@ -80,11 +79,8 @@ def cpu_steal() -> tuple[int, int]:
 
 
 class RunResult(L.Callback):
-    """Records the run's outcome, precision (and why) and CPU steal in run_dir/result.json (rank 0).
-
-    In the training process itself (under spawn-based DDP not the Hydra job's), where the numbers
-    are measured.
-    """
+    """The run's outcome, precision (and why) and CPU steal in run_dir/result.json, written by the
+    training process itself (under spawn-based DDP not the Hydra job's), where they are measured."""
 
     def __init__(self, run_dir, precision_reason: str = ""):
         self.run_dir, self.precision_reason = run_dir, precision_reason
@@ -140,12 +136,9 @@ def _flat_params(cfg: DictConfig) -> dict:
 
 
 def keep_freed_memory() -> None:
-    """Has glibc keep freed memory for the next step instead of handing it back to the OS.
-
-    By default glibc maps every allocation over 32 MB afresh and unmaps it when freed, so each CPU
-    training step page-faults its activations in again: ~80,000 faults, a quarter of a GRU-1024
-    step. The price: the process holds on to its peak memory until it exits.
-    """
+    """Has glibc keep freed memory for the next step: by default it maps each block over 32 MB
+    afresh and unmaps it when freed, so every step page-faults its activations in again (~80,000
+    faults, a quarter of a GRU-1024 step). The price: the process keeps its peak memory."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -159,9 +152,8 @@ def keep_freed_memory() -> None:
 def build(
     cfg: DictConfig, overrides: list[str] | None = None, run_dir: Path | None = None
 ) -> tuple[CharDataModule, CharLM, L.Trainer]:
-    """The datamodule (set up, so the vocabulary is known), the LightningModule and the Trainer,
-    from a config already checked (validate_train, by src/train.py). `overrides` go into every
-    checkpoint for resume=; with `run_dir` the outcome goes to its result.json."""
+    """The datamodule (set up: the vocabulary is known), module and Trainer from a checked config;
+    `overrides` go into every checkpoint for resume=, the outcome into run_dir/result.json."""
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
@@ -197,12 +189,8 @@ def build(
 def train(
     cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None
 ) -> float:
-    """Fits the model and returns the best val/loss (what Hydra sweepers minimise).
-
-    With `ckpt_path` (set by resume= too) Lightning restores weights, optimiser, scheduler, epoch,
-    step, position in the epoch, best-so-far and random state from it; it is read weights_only
-    (AtomicCheckpointIO) and CharLM refuses another alphabet or network shape before the weights.
-    """
+    """Fits the model; the best val/loss (what Hydra sweepers minimise). With `ckpt_path` (set by
+    resume= too) Lightning restores the whole training state from it, read weights_only."""
     ckpt_path = cfg.get("ckpt_path")
     if cfg.get("resume") and not ckpt_path:
         raise CharRNNError(
