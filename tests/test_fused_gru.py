@@ -246,7 +246,7 @@ def test_charrnn_learns_under_bf16_autocast_on_the_fused_path(monkeypatch):
     vocab = sorted(set(text))
     ids = torch.tensor([vocab.index(c) for c in text])
     windows = ids[: 8 * 33].view(8, 33)  # batch 8, 32 steps of input and target
-    net = CharRNN(vocab.size, "gru", 16, 32, 2)
+    net = CharRNN(len(vocab), "gru", 16, 32, 2)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     _refuse_nn_gru(monkeypatch)
     seen = _spy_on_recurrence(monkeypatch)
@@ -254,7 +254,7 @@ def test_charrnn_learns_under_bf16_autocast_on_the_fused_path(monkeypatch):
     for _ in range(30):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits, _ = net(windows[:, :-1])
-            loss = F.cross_entropy(logits.float().reshape(-1, vocab.size), windows[:, 1:].flatten())
+            loss = F.cross_entropy(logits.float().reshape(-1, len(vocab)), windows[:, 1:].flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
