@@ -14,7 +14,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,sweep,onnx]'
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev,sweep,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the pinned stack (fast when already done)
