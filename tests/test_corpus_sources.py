@@ -123,7 +123,7 @@ def _unreadable(path: Path, monkeypatch) -> None:
 BAD = {  # case -> (the files of the input folder, data.path in it, words the one line must contain)
     "empty_folder": ({}, "", ["data.path", "has no text files"]),
     "folder_of_empty_files": ({"e.txt": b""}, "", ["has no text files"]),
-    "glob_matching_nothing": ({"a.md": b"text"}, "*.txt", ["data.path", "matches no text files"]),
+    "glob_matching_nothing": ({"a.md": b"text"}, "*.txt", ["data.path", "has no text files"]),
     "binary_file": ({"a.txt": b"text", "z.bin": b"\0\1\2"}, "", ["data.path", "z.bin", "binary"]),
     "bad_encoding": (
         {"a.txt": b"caf\xe9\n"},
@@ -133,7 +133,7 @@ BAD = {  # case -> (the files of the input folder, data.path in it, words the on
     "unreadable_file": (
         {"a.txt": b"text", "locked.txt": b"x"},
         "",
-        ["data.path", "cannot read", "locked.txt", "Permission denied"],
+        ["data.path", "can't read", "locked.txt", "Permission denied"],
     ),
 }
 
@@ -207,8 +207,8 @@ def test_prompt_file_from_a_file_and_from_stdin_equals_the_typed_prompt(any_scri
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["prompt_file=nope.txt"], "prompt_file: cannot read nope.txt"),
-        (["prompt_file=bad.txt"], "prompt_file: bad.txt is not UTF-8 text: byte offset 3"),
+        (["prompt_file=nope.txt"], "prompt_file: can't read nope.txt (No such file"),
+        (["prompt_file=bad.txt"], "can't read bad.txt (not UTF-8 text: byte 3)"),
         (["prompt_file=prompt.txt", "prompt=hi"], "prompt_file: give prompt= or prompt_file="),
         (["prompt_file=-"], "prompt_file: standard input is empty"),
     ],

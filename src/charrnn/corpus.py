@@ -117,14 +117,10 @@ def corpus_files(path: str) -> list[Path]:
     files = [own] if own.is_file() else sorted(map(Path, glob.glob(pattern, recursive=True)))
     files = [p for p in files if p.is_file() and p.stat().st_size > 0]
     if not files:
-        what = (
-            "is empty" if own.is_file()
-            else "has no text files in it" if own.is_dir()
-            else "matches no text files" if glob.has_magic(path)
-            else "does not exist"
-        )  # fmt: skip
+        what = "has no text files" if own.is_dir() or glob.has_magic(path) else "does not exist"
         raise CharRNNError(
-            f"data.path: {own} {what}; pass a text file, a folder of them or a glob ('books/*.txt')"
+            f"data.path: {own} {'is empty' if own.is_file() else what}; pass a text file, a folder "
+            "of them or a glob ('books/*.txt')"
         )
     return files
 
@@ -136,10 +132,7 @@ def _opened(path: Path):
         with open(path, "rb") as f:
             yield f
     except OSError as err:
-        raise CharRNNError(
-            f"data.path: cannot read {path} ({err.strerror or err}); fix its permissions or "
-            "leave it out of data.path"
-        ) from None
+        raise CharRNNError(f"data.path: can't read {path} ({err.strerror}); leave it out") from None
 
 
 def _decoded_slices(path: Path, encoding: str):
@@ -159,9 +152,7 @@ def _decoded_slices(path: Path, encoding: str):
                     "set data.encoding to its encoding (e.g. latin-1, cp1252)"
                 ) from None
             if "\0" in text:
-                raise CharRNNError(
-                    f"data.path: {path} has NUL bytes: a binary file, not text; leave it out"
-                )
+                raise CharRNNError(f"data.path: {path} is a binary file (NUL bytes); leave it out")
             yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             read += len(block)
 
@@ -191,7 +182,7 @@ def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
         return None
     try:
         chars = cache.with_suffix(".vocab").read_bytes().decode("utf-8")
-        return Vocab(chars), np.load(cache, mmap_mode="r", allow_pickle=False)
+        return Vocab(chars), np.load(cache, mmap_mode="r")  # no pickles: np.load's default
     except (OSError, ValueError, CharRNNError) as err:
         log.warning("ignoring the unreadable ids cache %s (%s); encoding again", cache, err)
         return None
@@ -200,12 +191,9 @@ def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
 def encode_corpus(
     files: list[Path], separator: str = "\n\n", encoding: str = "utf-8", cache: bool = True
 ) -> tuple[Vocab, np.ndarray]:
-    """The files joined by `separator`, as a vocabulary and ids in the narrowest unsigned type.
-
-    Two streamed passes: the set of code points → vocabulary, then a table gather per slice. With
-    `cache` the ids go straight into a .npy file (ids_cache_path) and come back memory-mapped, so
-    no run holds the whole corpus in RAM and a later run only reads back what its batches touch.
-    """
+    """The files joined by `separator` as a vocabulary and ids (narrowest unsigned type), in two
+    streamed passes: the code points seen, then a table gather per slice. With `cache` the ids go
+    straight into a .npy file and come back memory-mapped: no run holds the corpus in RAM."""
     path = ids_cache_path(files, separator, encoding) if cache else None
     if path is not None and (cached := _load_ids(path)) is not None:
         return cached
@@ -215,10 +203,7 @@ def encode_corpus(
         total += len(codepoints)
     vocab = Vocab.from_counts(seen)
     dtype = np.uint8 if vocab.size <= 256 else np.uint16 if vocab.size <= 65536 else np.int32
-    table = np.full(0x110000, vocab.unk_id, dtype=dtype)  # code point -> id, over all of Unicode
-    table[np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)] = np.arange(
-        len(vocab.chars), dtype=dtype
-    )
+    table = (np.cumsum(seen) - 1).astype(dtype)  # code point -> id: its rank among those seen
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as out:
@@ -228,7 +213,7 @@ def encode_corpus(
                 table[codepoints].tofile(out)
 
     if path is not None and _save_ids(path, vocab, write):
-        return vocab, np.load(path, mmap_mode="r", allow_pickle=False)
+        return vocab, np.load(path, mmap_mode="r")
     return vocab, np.concatenate([table[c] for c in _joined(files, separator, encoding)])
 
 

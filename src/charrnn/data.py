@@ -208,18 +208,13 @@ class CharDataModule(L.LightningDataModule):
         path = self.corpus_path = h.path or self.files[0]  # what messages call the corpus
         vocab, ids = encode_corpus(self.files, h.separator, h.encoding)
         window = h.seq_length + 1
-        if len(ids) < window:
-            raise CharRNNError(
-                f"{path} has {len(ids)} characters, fewer than one window of "
-                f"data.seq_length+1 = {window}; use more text or a smaller data.seq_length"
-            )
         train_ids, val_ids = split_ids(ids, h.val_frac)
         for name, part in (("training", train_ids), ("validation", val_ids)):
             if len(part) < window:
                 raise CharRNNError(
-                    f"the {name} split of {path} has {len(part)} characters, fewer than one window "
-                    f"of {window} (data.val_frac={h.val_frac}, data.seq_length={h.seq_length}); "
-                    "use more text, another data.val_frac or a smaller data.seq_length"
+                    f"the {name} split of {path} has {len(part)} of its {len(ids)} characters, "
+                    f"fewer than one window of data.seq_length+1 = {window} (data.val_frac="
+                    f"{h.val_frac}); use more text, another data.val_frac or a smaller data.seq_length"
                 )
         self.vocab, self.train_ids, self.val_ids = vocab, train_ids, val_ids
         self.train_windows = WindowBatches(train_ids, h.seq_length)

@@ -56,10 +56,7 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
         "use the file's 64-hex-digit sha256, or null to skip the check",
     ),
     "data.encoding": (_codec, "use a text encoding Python knows, e.g. utf-8, latin-1 or cp1252"),
-    "data.separator": (
-        (lambda v: isinstance(v, str)),
-        "use a string, e.g. '\\n\\n' (a blank line)",
-    ),
+    "data.separator": ((lambda v: isinstance(v, str)), "use a string (a blank line: '\\n\\n')"),
     "data.download_timeout": ((lambda v: _number(v) and v > 0), "use a number of seconds > 0"),
     "trainer.precision": _one_of(PRECISIONS),
     "trainer.accelerator": _one_of(ACCELERATORS),
@@ -145,9 +142,8 @@ def run_name(override_dirname: str, limit: int = 200) -> str:
 
 
 def quote_free_text(argv: list[str]) -> list[str]:
-    """argv with each key=value that Hydra's grammar would not read as typed put in quotes, for
-    the entry points to apply before Hydra parses it: Hydra rejects unquoted non-ASCII
-    (prompt=café) and brackets, and a prompt is text, never a sweep (prompt=Hi, you) or a number."""
+    """argv with each key=value Hydra would not read as typed quoted, before Hydra parses it: it
+    rejects unquoted non-ASCII (prompt=café), and a prompt is text, never a sweep (prompt=Hi, you)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 

@@ -31,8 +31,7 @@ def validate_generate(cfg: DictConfig) -> None:
 
 def read_prompt(cfg: DictConfig) -> str:
     """The prompt: prompt_file's text as is (a UTF-8 file, or - for standard input), else prompt."""
-    source = cfg.get("prompt_file")
-    if source is None:
+    if (source := cfg.get("prompt_file")) is None:
         return cfg.prompt
     typed = HydraConfig.initialized() and HydraConfig.get().overrides.task
     if any(o.lstrip("+").startswith("prompt=") for o in typed or ()):
@@ -40,14 +39,10 @@ def read_prompt(cfg: DictConfig) -> str:
     name = "standard input" if source == "-" else source
     try:
         text = (sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()).decode()
-    except OSError as err:
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else f"not UTF-8 text: byte {err.start}"
         raise CharRNNError(
-            f"prompt_file: cannot read {name} ({err.strerror}); pass a UTF-8 text file, or -"
-        ) from None
-    except UnicodeDecodeError as err:
-        raise CharRNNError(
-            f"prompt_file: {name} is not UTF-8 text: byte offset {err.start} "
-            f"(0x{err.object[err.start]:02x}); convert it to UTF-8"
+            f"prompt_file: can't read {name} ({why}); use a UTF-8 file or -"
         ) from None
     if not text:
         raise CharRNNError(f"prompt_file: {name} is empty; give at least one character")
