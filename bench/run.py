@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -27,11 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import scale  # bench/scale.py: the scale section
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import charrnn
+from charrnn.errors import CharRNNError, exit_with
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(charrnn.__file__).resolve().parents[1]  # child processes import the same charrnn
@@ -69,7 +70,7 @@ class Plan:
 TUTORIAL = {"embedding_dim": 256, "rnn_units": 1024, "batch_size": 64, "seq_length": 100}
 PLANS = {
     "full": Plan(**TUTORIAL, rounds=2, warmup=2, steps=8, gen_length=1000, gen_rounds=3,
-                 scale_mb=(1, 10, 100), naive_mb=(1, 10, 100), scale_rounds=3,
+                 scale_mb=(1, 10, 100, 1000), naive_mb=(1, 10, 100), scale_rounds=3,
                  startup_rounds=3, matmul_size=2048),
     "quick": Plan(**TUTORIAL, rounds=1, warmup=2, steps=6, gen_length=1000, gen_rounds=2,
                   scale_mb=(1, 10, 100), naive_mb=(1, 10), scale_rounds=2,
@@ -79,8 +80,6 @@ PLANS = {
                   naive_mb=(0.01,), scale_rounds=1, startup_rounds=1, matmul_size=256,
                   imports=("charrnn.run.train",)),  # each import is a child process: seconds
 }  # fmt: skip
-
-MULTIBYTE = "éü—…€😀"  # 2-, 3- and 4-byte UTF-8, mixed into the scale corpora
 
 
 def stats(values) -> dict:
@@ -106,22 +105,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def synthetic_text(chars: int, seed: int = 0) -> str:
-    """Play-like text of our own making, for --smoke (no download, nothing third-party)."""
-    rng = random.Random(seed)
-    words = (
-        "the a my thy good sweet night day love fair light dark moon sun star heart hand "
-        "come go stay speak hear see know will shall now here there what why thou"
-    ).split()
-    parts, size = [], 0
-    while size < chars:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))
-        block = f"{rng.choice(['ROMEO', 'JULIET', 'NURSE'])}:\n{line.capitalize()}.\n\n"
-        parts.append(block)
-        size += len(block)
-    return "".join(parts)[:chars]
 
 
 def timed(fn, *args, **kwargs) -> float:
@@ -367,10 +350,10 @@ def child_env(*extra: Path) -> dict:
 
 
 def train_section(plan: Plan, corpus: Path, workdir: Path, machine: Machine) -> dict:
-    from charrnn.corpus import encode_file
+    from charrnn.corpus import encode_corpus
     from charrnn.data import split_ids
 
-    vocab, ids = encode_file(corpus, cache=False)
+    vocab, ids = encode_corpus([corpus], cache=False)
     train_ids, _ = split_ids(ids, 0.1)
     size = [
         f"model.embedding_dim={plan.embedding_dim}",
@@ -498,85 +481,12 @@ def generate_section(plan: Plan, machine: Machine) -> dict:
 
 # ------------------------------------------------------------------------------------------ scale
 
-ENCODE_CHILD = r"""
-import json, resource, sys, time
-from pathlib import Path
-mode, path = sys.argv[1], Path(sys.argv[2])
-import numpy as np
-from charrnn.corpus import encode_file
-start = time.perf_counter()
-if mode == "naive":  # nanoGPT's prepare.py: a Python dict lookup per character
-    text = path.read_text(encoding="utf-8")
-    stoi = {c: i for i, c in enumerate(sorted(set(text)))}
-    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-else:
-    vocab, ids = encode_file(path, cache=mode == "cached")
-seconds = time.perf_counter() - start
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) benchmark process
-status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-hwm = status.get("VmHWM")
-rss = int(hwm.split()[0]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-rss /= 1024
-print(json.dumps({"seconds": seconds, "rss_mb": rss, "chars": int(len(ids))}))
-"""
 
-
-def make_corpus(text: str, megabytes: float, path: Path) -> None:
-    """`text` with a multibyte character every ~1000 characters, repeated to `megabytes` MB."""
-    unit = "".join(
-        text[i : i + 997] + MULTIBYTE[(i // 997) % len(MULTIBYTE)] for i in range(0, len(text), 997)
-    ).encode("utf-8")
-    left = int(megabytes * 1_000_000)
-    with open(path, "wb") as f:
-        while left > 0:
-            piece = unit[:left].decode("utf-8", errors="ignore").encode("utf-8")
-            f.write(piece)
-            left = 0 if len(piece) < len(unit) else left - len(piece)
-
-
-def encode_child(mode: str, path: Path) -> dict:
-    env = child_env()
-    done = subprocess.run(
-        [sys.executable, "-c", ENCODE_CHILD, mode, str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def scale_section(plan: Plan, text: str, workdir: Path) -> dict:
-    from charrnn.corpus import ids_cache_path, sha256_file
-
-    result = {}
-    for mb in plan.scale_mb:
-        path = workdir / f"corpus-{mb:g}MB.txt"
-        make_corpus(text, mb, path)
-        cache = ids_cache_path(path, sha256_file(path))
-        runs = {k: [] for k in ("encode", "first_run", "cached_run", "naive")}
-        for _ in range(plan.scale_rounds):
-            runs["encode"].append(encode_child("plain", path))
-            if mb in plan.naive_mb:
-                runs["naive"].append(encode_child("naive", path))
-            cache.unlink(missing_ok=True)
-            runs["first_run"].append(encode_child("cached", path))
-            runs["cached_run"].append(encode_child("cached", path))
-        row = {"bytes": path.stat().st_size, "chars": runs["encode"][0]["chars"]}
-        for name, values in runs.items():
-            if values:
-                row[f"{name}_s"] = stats(v["seconds"] for v in values)
-                row[f"{name}_rss_mb"] = stats(v["rss_mb"] for v in values)
-        print(
-            f"  encode {mb:g} MB: {row['encode_s']['median']:.3f} s, "
-            f"{row['encode_rss_mb']['median']:.0f} MB peak RSS; cached "
-            f"{row['cached_run_s']['median']:.3f} s",
-            flush=True,
-        )
-        result[f"{mb:g}MB"] = row
-        path.unlink()
-        cache.unlink(missing_ok=True)
-    return result
+def scale_section(plan: Plan, workdir: Path, smoke: bool) -> dict:
+    """bench/scale.py's measurements at the plan's sizes (smoke: a tiny model for the second run)."""
+    tiny = ["size=tiny", "data.batch_size=8", "data.seq_length=16"] if smoke else []
+    sizes, rounds = plan.scale_mb, plan.scale_rounds
+    return scale.scale_section(sizes, workdir, rounds, plan.naive_mb, tiny)
 
 
 # ---------------------------------------------------------------------------------------- startup
@@ -624,7 +534,7 @@ def startup_section(plan: Plan, corpus: Path, workdir: Path) -> dict:
             capture_output=True,
         )
         whole.append(time.time() - launched)
-        first_step.append(float(marker.read_text()) - launched)
+        first_step.append(json.loads(marker.read_text())["first_step"] - launched)
     result = {
         "python_s": stats(python),
         "first_step_s": stats(first_step),
@@ -738,24 +648,7 @@ def table(results: dict) -> str:
             )
         )
     if "scale" in results:
-        lines.append("")
-        lines.append("Data: read + vocabulary + encode (a fresh process each; its peak RSS)")
-        lines.append(
-            f"  {'':8} {'encode s':>20} {'RSS MB':>7} {'1st run s':>10} {'cached s':>9} "
-            f"{'per-char Python s':>18} {'RSS MB':>7}"
-        )
-        for size, row in results["scale"].items():
-            naive = (
-                f"{row['naive_s']['median']:18.2f} {row['naive_rss_mb']['median']:7.0f}"
-                if "naive_s" in row
-                else f"{'-':>18} {'-':>7}"
-            )
-            lines.append(
-                f"  {size:8} {fmt(row, 'encode_s', '.3f'):>20} "
-                f"{row['encode_rss_mb']['median']:7.0f} "
-                f"{row['first_run_s']['median']:10.3f} "
-                f"{row['cached_run_s']['median']:9.3f} {naive}"
-            )
+        lines += ["", *scale.table(results["scale"])]
     if "startup" in results:
         s = results["startup"]
         lines.append("")
@@ -829,10 +722,9 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         if args.smoke and not args.corpus:
             corpus = workdir / "smoke.txt"
-            corpus.write_text(synthetic_text(60_000), encoding="utf-8")
+            corpus.write_text(scale.synthetic_text(60_000), encoding="utf-8")
         else:
             corpus = corpus_file(args.corpus)
-        text = corpus.read_text(encoding="utf-8")
         if {"machine", "train", "generate"} & set(sections):
             machine = Machine(plan, args.smoke)
         if "train" in sections:
@@ -842,7 +734,7 @@ def main(argv=None) -> int:
         if {"machine", "train", "generate"} & set(sections):
             results["machine"] = machine.results()
         if "scale" in sections:
-            results["scale"] = scale_section(plan, text, workdir)
+            results["scale"] = scale_section(plan, workdir, args.smoke)
         if "startup" in sections:
             results["startup"] = startup_section(plan, corpus, workdir)
     results["meta"]["seconds"] = time.perf_counter() - started
@@ -859,4 +751,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except CharRNNError as err:  # e.g. the download cannot be reached: one line, no traceback
+        exit_with(err)

@@ -1,9 +1,12 @@
 """Generate text from a checkpoint: `python src/generate.py ckpt=last prompt="ROMEO:"` (Hydra)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from charrnn.errors import run_command
+from charrnn.run.config import quote_free_text
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
@@ -14,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = quote_free_text(sys.argv)  # prompt=café as typed
     main()

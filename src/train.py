@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from charrnn.errors import CharRNNError, exit_with
-from charrnn.run.config import validate_train
+from charrnn.run.config import quote_free_text, validate_train
 from charrnn.run.sweep import describe_error, is_rank_zero, update_result
 
 log = logging.getLogger("charrnn")
@@ -67,4 +67,5 @@ if __name__ == "__main__":
             sys.argv = resume_argv(sys.argv)
         except CharRNNError as err:
             exit_with(err)
+    sys.argv = quote_free_text(sys.argv)  # callbacks.sample_text.prompt=café as typed
     main()

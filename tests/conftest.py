@@ -88,14 +88,20 @@ def _environ(env: dict | None) -> dict:
 
 
 def run_cli(
-    script: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None
+    script: str,
+    *args: str,
+    cwd: Path,
+    timeout: float = 300,
+    env: dict | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess:
-    """Runs one of the real entry points (src/<script>) to its end in a subprocess; it printed
-    nothing about deprecation."""
+    """Runs one of the real entry points (src/<script>) to its end in a subprocess, `stdin` as its
+    standard input; it printed nothing about deprecation."""
     result = subprocess.run(
         _command(script, args),
         cwd=cwd,
         env=_environ(env),
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -152,13 +152,13 @@ def test_hydra_full_error_shows_the_traceback(tmp_path, inputs):
     result = run_cli(
         "train.py",
         *TINY,
-        f"data.path={inputs}",  # a directory
+        f"data.path={inputs / 'nope.txt'}",
         cwd=tmp_path,
         env={"HYDRA_FULL_ERROR": "1"},
     )
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "CharRNNError: data.path: " in result.stderr
-    assert "is a directory" in result.stderr
+    assert "does not exist" in result.stderr
 
 
 def test_unknown_config_key_is_hydras_message_without_traceback(tmp_path):

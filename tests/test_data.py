@@ -108,7 +108,11 @@ def test_stateful_training_reads_batch_size_contiguous_streams(corpus: Path):
     "text, overrides, message",
     [
         ("short text", {}, "fewer than one window of data.seq_length\\+1 = 21"),
-        ("x" * 200, {"val_frac": 0.05}, "validation split .* fewer than one window of 21"),
+        (
+            "x" * 200,
+            {"val_frac": 0.05},
+            "validation split .* fewer than one window of data.seq_length\\+1 = 21",
+        ),
         ("x" * 400, {"batch_size": 64}, "fewer than one batch of data.batch_size=64"),
     ],
 )

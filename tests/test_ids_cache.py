@@ -1,4 +1,4 @@
-"""encode_file: vectorised encoding that matches a plain Python encoding, and the ids cache."""
+"""encode_corpus: vectorised encoding that matches a plain Python encoding, and the ids cache."""
 
 import logging
 
@@ -8,7 +8,7 @@ from conftest import make_text
 
 import charrnn.corpus as corpus
 import charrnn.files as files
-from charrnn.corpus import encode_file, ids_cache_path, sha256_file
+from charrnn.corpus import encode_corpus, ids_cache_path
 
 MIXED = "é—😀ü€"  # 2-, 3- and 4-byte UTF-8
 
@@ -19,53 +19,55 @@ def _mixed_text(chars: int) -> str:
 
 
 @pytest.fixture
-def small_cache(monkeypatch):
-    """Caches every corpus, however small, and decodes in slices that split characters."""
-    monkeypatch.setattr(corpus, "CACHE_MIN_BYTES", 0)
+def small_slices(monkeypatch):
+    """Decodes in slices that split characters."""
     monkeypatch.setattr(corpus, "CHUNK_BYTES", 1001)
 
 
-def test_encoding_matches_a_character_by_character_encoding(tmp_path, small_cache):
+def test_encoding_matches_a_character_by_character_encoding(tmp_path, small_slices):
     text = _mixed_text(20_000)
     path = tmp_path / "mixed.txt"
     path.write_text(text, encoding="utf-8")
-    vocab, ids = encode_file(path, cache=False)
+    vocab, ids = encode_corpus([path], cache=False)
     assert vocab.chars == "".join(sorted(set(text)))
     expected = [vocab.chars.index(c) for c in text]
     assert ids.dtype == np.uint8 and ids.tolist() == expected
     assert vocab.decode(ids) == text
+    assert [p.name for p in tmp_path.iterdir()] == ["mixed.txt"]  # cache=False writes nothing
 
 
-def test_second_run_reads_the_cache_beside_the_corpus(tmp_path, small_cache, monkeypatch):
+def test_second_run_maps_the_cache_beside_the_corpus(tmp_path, small_slices, monkeypatch):
     path = tmp_path / "corpus.txt"
     path.write_text(_mixed_text(5_000), encoding="utf-8")
-    vocab, ids = encode_file(path)
-    cache = ids_cache_path(path, sha256_file(path))
-    assert cache.parent == tmp_path and cache.is_file()
+    vocab, ids = encode_corpus([path])
+    cache = ids_cache_path([path])
+    assert cache.parent == tmp_path and cache.is_file() and cache.name.startswith(".corpus.txt.")
     assert not list(tmp_path.glob("*.part"))
 
     def no_encoding(*args):
         raise AssertionError("encoded again instead of reading the cache")
 
-    monkeypatch.setattr(corpus, "_encode", no_encoding)
-    vocab2, ids2 = encode_file(path)
+    monkeypatch.setattr(corpus, "_joined", no_encoding)
+    vocab2, ids2 = encode_corpus([path])
+    assert isinstance(ids2, np.memmap) and ids2.mode == "r"  # mapped read-only, not read in
     assert vocab2 == vocab and ids2.dtype == ids.dtype and np.array_equal(ids2, ids)
 
 
-def test_a_changed_corpus_gets_a_new_cache_and_the_old_one_goes(tmp_path, small_cache):
+def test_a_changed_corpus_gets_a_new_cache_and_the_old_one_goes(tmp_path, small_slices):
     path = tmp_path / "corpus.txt"
     path.write_text("first version of the text\n", encoding="utf-8")
-    encode_file(path)
-    old = ids_cache_path(path, sha256_file(path))
+    encode_corpus([path])
+    old = ids_cache_path([path])
     path.write_text("second, different version\n", encoding="utf-8")
-    vocab, ids = encode_file(path)
-    new = ids_cache_path(path, sha256_file(path))
+    vocab, ids = encode_corpus([path])
+    new = ids_cache_path([path])
     assert new != old and new.is_file() and not old.exists()
+    assert not old.with_suffix(".vocab").exists() and new.with_suffix(".vocab").is_file()
     assert vocab.decode(ids) == "second, different version\n"
 
 
 def test_a_read_only_corpus_directory_costs_only_the_cache(
-    tmp_path, small_cache, monkeypatch, caplog
+    tmp_path, small_slices, monkeypatch, caplog
 ):
     path = tmp_path / "corpus.txt"
     path.write_text("some text to encode\n", encoding="utf-8")
@@ -75,28 +77,21 @@ def test_a_read_only_corpus_directory_costs_only_the_cache(
 
     monkeypatch.setattr(files.tempfile, "mkstemp", read_only)  # root ignores chmod
     with caplog.at_level(logging.INFO, logger="charrnn.corpus"):
-        vocab, ids = encode_file(path)
+        vocab, ids = encode_corpus([path])
     assert vocab.decode(ids) == "some text to encode\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
     assert "not caching" in caplog.text
 
 
-def test_a_damaged_cache_is_replaced(tmp_path, small_cache, caplog):
+def test_a_damaged_cache_is_replaced(tmp_path, small_slices, caplog):
     path = tmp_path / "corpus.txt"
     path.write_text("text whose cache gets damaged\n", encoding="utf-8")
-    cache = ids_cache_path(path, sha256_file(path))
-    cache.write_bytes(b"PK\x03\x04 not really a zip file")
+    cache = ids_cache_path([path])
+    cache.write_bytes(b"\x93NUMPY not really an array")
+    cache.with_suffix(".vocab").write_bytes(b"abc")
     with caplog.at_level(logging.WARNING, logger="charrnn.corpus"):
-        vocab, ids = encode_file(path)
+        vocab, ids = encode_corpus([path])
     assert "unreadable ids cache" in caplog.text
     assert vocab.decode(ids) == "text whose cache gets damaged\n"
-    _, ids2 = encode_file(path)  # the rewritten cache is good
+    _, ids2 = encode_corpus([path])  # the rewritten cache is good
     assert np.array_equal(ids2, ids)
-
-
-def test_small_corpora_and_given_vocabularies_are_not_cached(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(make_text(2_000), encoding="utf-8")
-    vocab, _ = encode_file(path)  # under CACHE_MIN_BYTES
-    encode_file(path, vocab)
-    assert [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]

@@ -21,6 +21,7 @@ def test_train_cli_writes_checkpoints_scalars_and_one_sample_per_epoch(tmp_path:
     result = run_cli("train.py", f"data.path={corpus}", *TINY, "trainer.max_epochs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert f"corpus {corpus}: 1 file(s), " in (run_dir / "train.log").read_text()
 
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints

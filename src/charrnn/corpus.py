@@ -1,8 +1,10 @@
-"""The corpus on disk: download (checksummed, atomic, cached), read and encode to ids."""
+"""The corpus on disk: download (checksummed, atomic, cached), find the files, read, encode to ids."""
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import glob
 import hashlib
 import http.client
 import logging
@@ -11,7 +13,6 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +23,15 @@ from charrnn.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 16 << 20  # decode in slices so a 100 MB corpus never becomes one giant str
-CACHE_MIN_BYTES = 4 << 20  # smaller corpora encode in well under a second: not worth a file
-IDS_CACHE_FORMAT = 1  # bump when the encoding changes, so old caches are ignored
+CHUNK_BYTES = 16 << 20  # decode in slices so a gigabyte corpus never becomes one giant str
+IDS_CACHE_FORMAT = (
+    2  # part of the cache key: bump when the encoding changes, so old caches are ignored
+)
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _by_hand(url: str, dest: Path, sha256: str | None) -> str:
@@ -92,15 +91,10 @@ def _why(err: Exception, timeout: float) -> str:
 
 def locate_corpus(
     path: str | None, cache_dir: str, url: str, sha256: str | None, timeout: float = 30.0
-) -> Path:
-    """The corpus file to train on: the user's own `path`, or the verified cached download."""
+) -> list[Path]:
+    """The files to train on: the user's own `path`, or the verified cached download."""
     if path:
-        own = Path(path).expanduser()
-        if own.is_dir():
-            raise CharRNNError(f"data.path: {own} is a directory; pass a UTF-8 text file")
-        if not own.is_file():
-            raise CharRNNError(f"data.path: {own} does not exist; pass an existing UTF-8 text file")
-        return own
+        return corpus_files(path)
     name = Path(urllib.parse.urlparse(url).path).name or "corpus.txt"
     if sha256 is None:
         # unverified: cache under a name tied to the URL, so another URL's file is never reused
@@ -109,21 +103,43 @@ def locate_corpus(
     cached = Path(cache_dir).expanduser() / name
     if cached.is_file():
         if sha256 is None or sha256_file(cached) == sha256.lower():
-            return cached
+            return [cached]
         log.warning("cached %s does not match data.sha256; downloading it again", cached)
     log.info("downloading %s to %s", url, cached)
-    return download(url, cached, sha256, timeout)
+    return [download(url, cached, sha256, timeout)]
 
 
-def _decoded_slices(path: Path):
-    """Yields the file's text as code-point arrays, slice by slice, naming the byte of any bad UTF-8."""
-    size = path.stat().st_size
-    if size == 0:
+def corpus_files(path: str) -> list[Path]:
+    """data.path's non-empty files: the file itself, the files under a folder (recursively, sorted)
+    or a glob's matches (sorted). Hidden files are skipped, the ids caches among them."""
+    own = Path(path).expanduser()
+    pattern = glob.escape(str(own)) + "/**/*" if own.is_dir() else str(own)
+    files = [own] if own.is_file() else sorted(map(Path, glob.glob(pattern, recursive=True)))
+    files = [p for p in files if p.is_file() and p.stat().st_size > 0]
+    if not files:
+        what = "has no text files" if own.is_dir() or glob.has_magic(path) else "does not exist"
         raise CharRNNError(
-            f"data.path: {path} is empty; pass a UTF-8 text file with some text in it"
+            f"data.path: {own} {'is empty' if own.is_file() else what}; pass a text file, a folder "
+            "of them or a glob ('books/*.txt')"
         )
-    decoder = codecs.getincrementaldecoder("utf-8")()  # holds back a character split across reads
-    with open(path, "rb") as f:
+    return files
+
+
+@contextlib.contextmanager
+def _opened(path: Path):
+    """The file open for reading; failing to read it is one line naming it."""
+    try:
+        with open(path, "rb") as f:
+            yield f
+    except OSError as err:
+        raise CharRNNError(f"data.path: can't read {path} ({err.strerror}); leave it out") from None
+
+
+def _decoded_slices(path: Path, encoding: str):
+    """Yields the file's text as code-point arrays, slice by slice, naming the byte of any bad one."""
+    size = path.stat().st_size
+    decoder = codecs.getincrementaldecoder(encoding)()  # holds back a character split across reads
+    with _opened(path) as f:
         read = 0  # bytes before this block
         while block := f.read(CHUNK_BYTES):
             held = len(decoder.getstate()[0])  # bytes before this block that the decoder holds
@@ -131,87 +147,88 @@ def _decoded_slices(path: Path):
                 text = decoder.decode(block, final=f.tell() >= size)
             except UnicodeDecodeError as err:
                 raise CharRNNError(
-                    f"{path} is not UTF-8 text: byte offset {read - held + err.start} "
-                    f"(0x{err.object[err.start]:02x}); convert it to UTF-8 first"
+                    f"data.path: {path} is not {encoding.upper()} text: byte offset "
+                    f"{read - held + err.start} (0x{err.object[err.start]:02x}); convert it, or "
+                    "set data.encoding to its encoding (e.g. latin-1, cp1252)"
                 ) from None
+            if "\0" in text:
+                raise CharRNNError(f"data.path: {path} is a binary file (NUL bytes); leave it out")
             yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             read += len(block)
 
 
-def _encode(path: Path, vocab: Vocab | None) -> tuple[Vocab, np.ndarray]:
-    """Two vectorised passes: the set of code points → vocabulary, then a table gather per slice."""
-    seen, total = np.zeros(0x110000, dtype=bool), 0
-    for codepoints in _decoded_slices(path):
-        seen[codepoints] = True
-        total += len(codepoints)
-    vocab = vocab or Vocab.from_counts(seen)
-    dtype = np.uint8 if vocab.size <= 256 else np.uint16 if vocab.size <= 65536 else np.int32
-    table = np.full(0x110000, vocab.unk_id, dtype=dtype)  # code point -> id, over all of Unicode
-    known = np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)
-    table[known] = np.arange(len(known), dtype=dtype)
-    ids = np.empty(total, dtype=dtype)
-    at = 0
-    for codepoints in _decoded_slices(path):
-        ids[at : at + len(codepoints)] = table[codepoints]
-        at += len(codepoints)
-    return vocab, ids
+def _joined(files: list[Path], separator: str, encoding: str):
+    """The corpus as code-point slices: every file's text, with `separator` between files."""
+    between = np.frombuffer(separator.encode("utf-32-le"), dtype=np.uint32)
+    for i, path in enumerate(files):
+        if i:
+            yield between
+        yield from _decoded_slices(path, encoding)
 
 
-def ids_cache_path(path: Path, digest: str) -> Path:
-    """Where the encoded ids of the corpus with this sha256 are cached: beside the corpus."""
-    return path.with_name(f"{path.name}.{digest[:16]}.ids.npz")
+def ids_cache_path(files: list[Path], separator: str = "\n\n", encoding: str = "utf-8") -> Path:
+    """Where the ids of this corpus are cached: a hidden .npy beside its first file, named by the
+    sha256 of every file's content, the separator, the encoding and IDS_CACHE_FORMAT."""
+    key = hashlib.sha256(f"charrnn ids {IDS_CACHE_FORMAT} {encoding} {separator!r}".encode())
+    for path in files:
+        with _opened(path) as f:
+            key.update(hashlib.file_digest(f, "sha256").digest())
+    return files[0].with_name(f".{files[0].name}.{key.hexdigest()[:16]}.ids.npy")
 
 
 def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
+    """The cached vocabulary and ids, the ids memory-mapped (read-only, nothing copied)."""
     if not cache.is_file():
         return None
     try:
-        with np.load(cache, allow_pickle=False) as saved:
-            if int(saved["format"]) != IDS_CACHE_FORMAT:
-                return None
-            chars = saved["chars"].astype(np.uint32).tobytes().decode("utf-32-le")
-            return Vocab(chars), saved["ids"]
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, CharRNNError) as err:
+        chars = cache.with_suffix(".vocab").read_bytes().decode("utf-8")
+        return Vocab(chars), np.load(cache, mmap_mode="r")  # no pickles: np.load's default
+    except (OSError, ValueError, CharRNNError) as err:
         log.warning("ignoring the unreadable ids cache %s (%s); encoding again", cache, err)
         return None
 
 
-def _save_ids(path: Path, digest: str, vocab: Vocab, ids: np.ndarray) -> None:
-    """Writes the cache; a read-only corpus directory only costs the speed-up."""
-    cache = ids_cache_path(path, digest)
-    chars = np.frombuffer(vocab.chars.encode("utf-32-le"), dtype=np.uint32)
+def encode_corpus(
+    files: list[Path], separator: str = "\n\n", encoding: str = "utf-8", cache: bool = True
+) -> tuple[Vocab, np.ndarray]:
+    """The files joined by `separator` as a vocabulary and ids (narrowest unsigned type), in two
+    streamed passes: the code points seen, then a table gather per slice. With `cache` the ids go
+    straight into a .npy file and come back memory-mapped: no run holds the corpus in RAM."""
+    path = ids_cache_path(files, separator, encoding) if cache else None
+    if path is not None and (cached := _load_ids(path)) is not None:
+        return cached
+    seen, total = np.zeros(0x110000, dtype=bool), 0
+    for codepoints in _joined(files, separator, encoding):
+        seen[codepoints] = True
+        total += len(codepoints)
+    vocab = Vocab.from_counts(seen)
+    dtype = np.uint8 if vocab.size <= 256 else np.uint16 if vocab.size <= 65536 else np.int32
+    table = (np.cumsum(seen) - 1).astype(dtype)  # code point -> id: its rank among those seen
 
-    def save(tmp: str) -> None:
-        with open(tmp, "wb") as out:  # a file object: np.savez would add .npz to a name
-            np.savez(out, format=IDS_CACHE_FORMAT, chars=chars, ids=ids)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as out:
+            header = np.lib.format.header_data_from_array_1_0(table[:0])
+            np.lib.format.write_array_header_1_0(out, {**header, "shape": (total,)})
+            for codepoints in _joined(files, separator, encoding):
+                table[codepoints].tofile(out)
 
+    if path is not None and _save_ids(path, vocab, write):
+        return vocab, np.load(path, mmap_mode="r")
+    return vocab, np.concatenate([table[c] for c in _joined(files, separator, encoding)])
+
+
+def _save_ids(cache: Path, vocab: Vocab, write) -> bool:
+    """Writes the cache (vocabulary first); a read-only folder only costs the speed-up."""
+    chars = vocab.chars.encode("utf-8")
     try:
-        write_atomically(cache, save)
+        write_atomically(cache.with_suffix(".vocab"), lambda tmp: Path(tmp).write_bytes(chars))
+        write_atomically(cache, write)
     except OSError as err:
-        log.info("not caching the encoded corpus beside it (%s); it is encoded again next run", err)
-        return
-    stale = re.compile(re.escape(path.name) + r"\.[0-9a-f]{16}\.ids\.npz")
+        log.info("not caching the encoded corpus (%s); it is encoded again next run", err)
+        return False
+    stale = re.escape(cache.name.rsplit(".", 3)[0]) + r"\.[0-9a-f]{16}\.ids\.(npy|vocab)"
     for old in cache.parent.iterdir():
-        if old != cache and stale.fullmatch(old.name):
+        if old.stem != cache.stem and re.fullmatch(stale, old.name):
             old.unlink(missing_ok=True)  # the ids of an older version of this corpus
     log.info("cached the encoded corpus in %s", cache)
-
-
-def encode_file(
-    path: Path, vocab: Vocab | None = None, cache: bool = True
-) -> tuple[Vocab, np.ndarray]:
-    """The corpus as a vocabulary and ids, in the narrowest unsigned type that holds the ids.
-
-    With `cache` (and no given vocabulary), a corpus of CACHE_MIN_BYTES or more is encoded once: the
-    ids are kept beside it keyed by its sha256, so a later run only reads them back.
-    """
-    path = Path(path)
-    if vocab is not None or not cache or path.stat().st_size < CACHE_MIN_BYTES:
-        return _encode(path, vocab)
-    digest = sha256_file(path)
-    cached = _load_ids(ids_cache_path(path, digest))
-    if cached is not None:
-        return cached
-    vocab, ids = _encode(path, None)
-    _save_ids(path, digest, vocab, ids)
-    return vocab, ids
+    return True

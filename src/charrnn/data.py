@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from charrnn.corpus import encode_file, locate_corpus
+from charrnn.corpus import encode_corpus, locate_corpus
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
@@ -167,7 +167,7 @@ class ResumableLoader(DataLoader):
 
 
 class CharDataModule(L.LightningDataModule):
-    """Owns the corpus file, the vocabulary and the batching of train and validation text."""
+    """Owns the corpus files, the vocabulary and the batching of train and validation text."""
 
     def __init__(
         self,
@@ -176,6 +176,8 @@ class CharDataModule(L.LightningDataModule):
         url: str = "",
         sha256: str | None = None,
         download_timeout: float = 30.0,
+        separator: str = "\n\n",
+        encoding: str = "utf-8",
         val_frac: float = 0.1,
         seq_length: int = 100,
         batch_size: int = 64,
@@ -190,33 +192,29 @@ class CharDataModule(L.LightningDataModule):
         self.vocab: Vocab | None = None
         self.train_ids = self.val_ids = None
 
-    def locate(self) -> Path:
-        """The corpus file, downloaded and verified first if it is not cached yet."""
+    def locate(self) -> list[Path]:
+        """The corpus files, the download verified (and first fetched, if not cached yet)."""
         h = self.hparams
         return locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
 
     def prepare_data(self) -> None:
-        self.corpus_path = self.locate()  # Lightning calls this on one process per node
+        self.files = self.locate()  # Lightning calls this on one process per node
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        path = self.corpus_path = self.locate()
-        vocab, ids = encode_file(path)
         h = self.hparams
+        self.files = self.locate()
+        path = self.corpus_path = h.path or self.files[0]  # what messages call the corpus
+        vocab, ids = encode_corpus(self.files, h.separator, h.encoding)
         window = h.seq_length + 1
-        if len(ids) < window:
-            raise CharRNNError(
-                f"{path} has {len(ids)} characters, fewer than one window of "
-                f"data.seq_length+1 = {window}; use more text or a smaller data.seq_length"
-            )
         train_ids, val_ids = split_ids(ids, h.val_frac)
         for name, part in (("training", train_ids), ("validation", val_ids)):
             if len(part) < window:
                 raise CharRNNError(
-                    f"the {name} split of {path} has {len(part)} characters, fewer than one window "
-                    f"of {window} (data.val_frac={h.val_frac}, data.seq_length={h.seq_length}); "
-                    "use more text, another data.val_frac or a smaller data.seq_length"
+                    f"the {name} split of {path} has {len(part)} of its {len(ids)} characters, "
+                    f"fewer than one window of data.seq_length+1 = {window} (data.val_frac="
+                    f"{h.val_frac}); use more text, another data.val_frac or a smaller data.seq_length"
                 )
         self.vocab, self.train_ids, self.val_ids = vocab, train_ids, val_ids
         self.train_windows = WindowBatches(train_ids, h.seq_length)

@@ -3,6 +3,7 @@ registered on import of charrnn.run: a parallel launcher's workers never run the
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import re
@@ -28,6 +29,12 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _codec(name) -> bool:
+    with contextlib.suppress(LookupError, TypeError):
+        return codecs.lookup(name)._is_text_encoding
+    return False
+
+
 def _one_of(choices) -> tuple:
     return (lambda v: str(v) in choices), f"choose one of {', '.join(choices)}"
 
@@ -46,6 +53,8 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
         (lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v))),
         "use the file's 64-hex-digit sha256, or null to skip the check",
     ),
+    "data.encoding": (_codec, "use a text encoding Python knows, e.g. utf-8, latin-1 or cp1252"),
+    "data.separator": ((lambda v: isinstance(v, str)), "use a string (a blank line: '\\n\\n')"),
     "data.download_timeout": ((lambda v: _number(v) and v > 0), "use a number of seconds > 0"),
     "trainer.precision": _one_of(PRECISIONS),
     "trainer.accelerator": _one_of(ACCELERATORS),
@@ -125,6 +134,29 @@ def run_name(override_dirname: str, limit: int = 200) -> str:
         return name
     cut = name.rfind(",", 0, limit)
     return name[: cut if cut > 0 else limit]
+
+
+def quote_free_text(argv: list[str]) -> list[str]:
+    """argv with each key=value Hydra would not read as typed quoted, before Hydra parses it: it
+    rejects unquoted non-ASCII (prompt=café), and a prompt is text, never a sweep (prompt=Hi, you)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+
+    def as_typed(arg: str) -> str:
+        key, eq, value = arg.partition("=")
+        if arg.startswith("-") or not eq:
+            return arg
+        with contextlib.suppress(HydraException):
+            parsed = parser.parse_override(arg).value()
+            if isinstance(parsed, str) or key.lstrip("+~").rsplit(".", 1)[-1] != "prompt":
+                return arg
+        # inside quotes Hydra reads \' as a quote; backslashes before one or at the end double
+        value = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+        return f"{key}='{value}'"
+
+    return [argv[0], *map(as_typed, argv[1:])]
 
 
 OmegaConf.register_new_resolver("cores_per_job", cores_per_job, replace=True)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from charrnn.errors import CharRNNError
@@ -28,6 +29,26 @@ def validate_generate(cfg: DictConfig) -> None:
         raise CharRNNError(f"replace_with: {cfg.replace_with!r} is not allowed; use one character")
 
 
+def read_prompt(cfg: DictConfig) -> str:
+    """The prompt: prompt_file's text as is (a UTF-8 file, or - for standard input), else prompt."""
+    if (source := cfg.get("prompt_file")) is None:
+        return cfg.prompt
+    typed = HydraConfig.initialized() and HydraConfig.get().overrides.task
+    if any(o.lstrip("+").startswith("prompt=") for o in typed or ()):
+        raise CharRNNError("prompt_file: give prompt= or prompt_file=, not both")
+    name = "standard input" if source == "-" else source
+    try:
+        text = (sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()).decode()
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else f"not UTF-8 text: byte {err.start}"
+        raise CharRNNError(
+            f"prompt_file: can't read {name} ({why}); use a UTF-8 file or -"
+        ) from None
+    if not text:
+        raise CharRNNError(f"prompt_file: {name} is empty; give at least one character")
+    return text
+
+
 def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(str(name))
@@ -46,10 +67,11 @@ def generate(cfg: DictConfig) -> list[str]:
     """Runs the command; returns the samples, prompt included."""
     validate_generate(cfg)
     device = pick_device(cfg.device)
+    typed = read_prompt(cfg)
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)
     vocab, model = trained.vocab, trained.hparams["model"]
-    prompt = clean_prompt(cfg.prompt, vocab, cfg.unknown_chars, cfg.replace_with)
+    prompt = clean_prompt(typed, vocab, cfg.unknown_chars, cfg.replace_with)
     seed = cfg.seed if cfg.seed is not None else int(torch.randint(2**31, ()))
     sampler = Sampler(trained.net.to(device), vocab)
     stream = cfg.num_samples == 1

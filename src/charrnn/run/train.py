@@ -199,8 +199,9 @@ def train(
     datamodule, module, trainer = build(cfg, overrides, run_dir)
     params = sum(p.numel() for p in module.parameters())
     log.info(
-        "corpus %s: %d train + %d val characters, vocabulary %d; model %s, %s parameters",
+        "corpus %s: %d file(s), %d train + %d val characters, vocabulary %d; model %s, %s parameters",
         datamodule.corpus_path,
+        len(datamodule.files),
         len(datamodule.train_ids),
         len(datamodule.val_ids),
         datamodule.vocab.size,
