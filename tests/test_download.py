@@ -16,10 +16,10 @@ SHA = hashlib.sha256(SERVED).hexdigest()
 
 def test_download_verifies_caches_and_then_skips_the_network(server, tmp_path: Path):
     url = f"{server.url}/corpus.txt"
-    path = locate_corpus(None, str(tmp_path / "cache"), url, SHA, timeout=5)
+    (path,) = locate_corpus(None, str(tmp_path / "cache"), url, SHA, timeout=5)
     assert path == tmp_path / "cache" / "corpus.txt" and path.read_bytes() == SERVED
     assert server.hits["/corpus.txt"] == 1
-    assert locate_corpus(None, str(tmp_path / "cache"), url, SHA, timeout=5) == path
+    assert locate_corpus(None, str(tmp_path / "cache"), url, SHA, timeout=5) == [path]
     assert server.hits["/corpus.txt"] == 1  # the verified cached copy is used, no second request
     assert [p.name for p in path.parent.iterdir()] == ["corpus.txt"]  # no temp files left
 
@@ -28,13 +28,13 @@ def test_corrupted_cached_copy_is_downloaded_again(server, tmp_path: Path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "corpus.txt").write_bytes(b"not the real thing")
-    path = locate_corpus(None, str(cache), f"{server.url}/corpus.txt", SHA, timeout=5)
+    (path,) = locate_corpus(None, str(cache), f"{server.url}/corpus.txt", SHA, timeout=5)
     assert path.read_bytes() == SERVED and server.hits["/corpus.txt"] == 1
 
 
 def test_unverified_url_needs_explicit_null_and_warns(server, tmp_path, caplog):
     with caplog.at_level("WARNING"):
-        path = locate_corpus(None, str(tmp_path), f"{server.url}/corpus.txt", None, timeout=5)
+        (path,) = locate_corpus(None, str(tmp_path), f"{server.url}/corpus.txt", None, timeout=5)
     assert "without verifying" in caplog.text
     assert path.read_bytes() == SERVED and path.name.endswith("-corpus.txt")  # keyed by URL
     # a verified download of the same name never takes the unverified file for its own

@@ -24,9 +24,7 @@ from charrnn.vocab import Vocab
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 16 << 20  # decode in slices so a gigabyte corpus never becomes one giant str
-IDS_CACHE_FORMAT = (
-    2  # part of the cache key: bump when the encoding changes, so old caches are ignored
-)
+IDS_CACHE_FORMAT = 2  # in the cache key: bump when the encoding changes (old caches are ignored)
 
 
 def sha256_file(path: Path) -> str:
@@ -43,10 +41,8 @@ def _by_hand(url: str, dest: Path, sha256: str | None) -> str:
 
 
 def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) -> Path:
-    """Fetches `url` to `dest`, verifying length and sha256 before the file lands there.
-
-    Whatever goes wrong, nothing is left at `dest` or beside it.
-    """
+    """Fetches `url` to `dest`, verifying length and sha256 first; on any failure nothing is left
+    at `dest` or beside it."""
 
     def fetch(tmp: str) -> None:
         digest, received = hashlib.sha256(), 0

@@ -22,11 +22,8 @@ def split_ids(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]
 
 
 class WindowBatches(Dataset):
-    """Non-overlapping windows of seq_length+1 ids (input = first seq_length, target = last seq_length).
-
-    Indexed by (grid offset, window numbers) so a whole batch is one numpy gather, not 64 Python
-    calls; the offset lets each epoch move the window boundaries.
-    """
+    """Non-overlapping windows of seq_length+1 ids, indexed by (grid offset, window numbers): a
+    batch is one numpy gather, not 64 Python calls, and each epoch can move the boundaries."""
 
     def __init__(self, ids: np.ndarray, seq_length: int):
         self.ids, self.seq_length = ids, seq_length
@@ -44,11 +41,8 @@ class WindowBatches(Dataset):
 
 
 class EpochOrder(Sampler):
-    """A sampler that knows its epoch (Lightning calls set_epoch) and can start an epoch part-way.
-
-    ResumableLoader saves (epoch, batches done) in checkpoints and hands it back through resume_at;
-    the next epoch of that number then starts at that batch, in the same order.
-    """
+    """A sampler that knows its epoch (Lightning calls set_epoch) and can start one part-way, at
+    the (epoch, batches done) ResumableLoader saved in a checkpoint, in the same order."""
 
     def __init__(self, seed: int, shift: bool):
         self.seed, self.shift, self.epoch, self.start = seed, shift, 0, 0
@@ -99,12 +93,9 @@ class ShuffledWindows(EpochOrder):
 
 
 class StreamBatches(Dataset):
-    """The text as `rows` contiguous streams read left to right, `seq_length` targets per batch.
-
-    Batch k+1 of row r continues exactly where batch k ended, so a model can carry its hidden state
-    (truncated BPTT). Indexed by (offset, k): the streams start `offset` characters in. Targets past
-    the end of the text are -100 (ignored), so every character after the offset is a target once.
-    """
+    """The text as `rows` contiguous streams, `seq_length` targets per batch: batch k+1 of a row
+    continues batch k (the state carries on: truncated BPTT). Indexed by (offset, k); targets past
+    the end are -100 (ignored), so every character after the offset is a target once."""
 
     def __init__(self, ids: np.ndarray, rows: int, seq_length: int):
         self.ids, self.seq_length = ids, seq_length
@@ -141,12 +132,8 @@ class StreamOrder(EpochOrder):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader that counts the batches consumed in the current epoch.
-
-    Lightning stores state_dict() in every checkpoint and calls load_state_dict() on resume, so a
-    run resumed mid-epoch skips exactly the batches it had trained on, in the same order. Counting
-    here, where batches are handed to training, stays exact whatever the workers prefetch.
-    """
+    """Counts the batches handed to training this epoch (exact whatever workers prefetch); Lightning
+    keeps state_dict() in checkpoints, so a mid-epoch resume skips exactly those batches."""
 
     def __iter__(self):
         begin = getattr(self.sampler, "begin_epoch", None)
@@ -250,11 +237,8 @@ class CharDataModule(L.LightningDataModule):
 
 
 def _loader(dataset, sampler, kind=DataLoader, **options) -> DataLoader:
-    """A loader of whole batches (each sampler item is one) with a private generator.
-
-    Every DataLoader iterator draws a worker seed from its loader's generator, by default the
-    global one; a private one leaves the global stream (dropout's) untouched, so a resumed run,
-    which creates iterators at other moments, continues that stream exactly."""
+    """A loader of whole batches with a private generator: each iterator draws a worker seed from
+    it, and the global stream (dropout's) must not move when a resumed run makes iterators."""
     generator = torch.Generator().manual_seed(0)
     return kind(dataset, sampler=sampler, batch_size=None, generator=generator, **options)
 

@@ -136,6 +136,12 @@ def run_name(override_dirname: str, limit: int = 200) -> str:
     return name[: cut if cut > 0 else limit]
 
 
+def hydra_quoted(text: str) -> str:
+    """`text` as a quoted Hydra override value that reads back as exactly this string."""
+    # inside quotes Hydra reads \' as a quote; backslashes before one or at the end double
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), text) + "'"
+
+
 def quote_free_text(argv: list[str]) -> list[str]:
     """argv with each key=value Hydra would not read as typed quoted, before Hydra parses it: it
     rejects unquoted non-ASCII (prompt=café), and a prompt is text, never a sweep (prompt=Hi, you)."""
@@ -152,9 +158,7 @@ def quote_free_text(argv: list[str]) -> list[str]:
             parsed = parser.parse_override(arg).value()
             if isinstance(parsed, str) or key.lstrip("+~").rsplit(".", 1)[-1] != "prompt":
                 return arg
-        # inside quotes Hydra reads \' as a quote; backslashes before one or at the end double
-        value = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
-        return f"{key}='{value}'"
+        return f"{key}={hydra_quoted(value)}"
 
     return [argv[0], *map(as_typed, argv[1:])]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from charrnn.errors import CharRNNError
 from charrnn.run.checkpoints import LAST, newest_run_checkpoint, read_checkpoint
+from charrnn.run.config import hydra_quoted
 
 OUTPUTS = Path("outputs")  # where hydra.run.dir / hydra.sweep.dir put runs (relative to the cwd)
 NOT_REPLAYED = ("resume", "ckpt_path")  # overrides that name a checkpoint, not the run's config
@@ -26,9 +27,7 @@ def override_key(override: str) -> str | None:
 def _quoted(value) -> str:
     """A path as a Hydra override value, quoted if it has characters the grammar treats apart."""
     text = str(value)
-    if re.fullmatch(r"[\w/.\-]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text if re.fullmatch(r"[\w/.\-]+", text) else hydra_quoted(text)
 
 
 def locate_resume(value: str, outputs: Path = OUTPUTS) -> Path:
