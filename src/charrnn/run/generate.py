@@ -11,7 +11,13 @@ from omegaconf import DictConfig
 from charrnn.errors import CharRNNError
 from charrnn.files import write_atomically
 from charrnn.run.checkpoints import load, resolve
-from charrnn.sampling import UNKNOWN_CHARS, Sampler, clean_prompt, seed_generator
+from charrnn.sampling import (
+    UNKNOWN_CHARS,
+    Sampler,
+    clean_prompt,
+    resolve_precision,
+    seed_generator,
+)
 
 
 def validate_generate(cfg: DictConfig) -> None:
@@ -46,15 +52,16 @@ def generate(cfg: DictConfig) -> list[str]:
     """Runs the command; returns the samples, prompt included."""
     validate_generate(cfg)
     device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device.type)
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)
     vocab, model = trained.vocab, trained.hparams["model"]
     prompt = clean_prompt(cfg.prompt, vocab, cfg.unknown_chars, cfg.replace_with)
     seed = cfg.seed if cfg.seed is not None else int(torch.randint(2**31, ()))
-    sampler = Sampler(trained.net.to(device), vocab)
+    sampler = Sampler(trained.net.to(device), vocab, precision=precision)
     stream = cfg.num_samples == 1
     shape = f"{model['cell']} {model['num_layers']}x{model['rnn_units']}"
-    header = f"{path}: {shape}, {vocab.unk_id} characters; seed={seed}"
+    header = f"{path}: {shape}, {vocab.unk_id} characters; {precision} weights; seed={seed}"
     started = False
 
     def show(chars: list[str]) -> None:  # streaming: first called once the sampler took the options
