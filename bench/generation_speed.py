@@ -119,6 +119,8 @@ def measure_quality(
     text = Path(corpus).read_text(encoding="utf-8")
     val = text[int(len(text) * (1 - val_frac)) :][:val_chars]
     ids = torch.as_tensor(trained.vocab.encode(val), dtype=torch.long)
+    if int(ids.max()) >= trained.vocab.unk_id:
+        raise SystemExit(f"{corpus} has characters {checkpoint} never saw: not its corpus?")
     samplers = {p: Sampler(trained.net, trained.vocab, precision=p) for p in precisions}
     (greedy,) = samplers["fp32"].generate(prompt, greedy_length, 0)
     forced = torch.as_tensor(trained.vocab.encode(prompt + greedy), dtype=torch.long)

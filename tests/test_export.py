@@ -40,6 +40,7 @@ import json, torch
 
 extra = {"charrnn.json": ""}
 step = torch.export.load(path, extra_files=extra).module()  # one step for every row
+step.validate_inputs = False  # the inputs below always fit: skip torch's ~50 µs per-call check
 meta = json.loads(extra["charrnn.json"])
 chars, known = meta["vocab"], len(meta["vocab"])
 
@@ -166,7 +167,10 @@ def test_export_errors_leave_the_old_file_alone(trained_run, tmp_path):
         ({"ckpt": "last", "out": str(tmp_path / "generator.pt")}, "ending in .pt2"),
         ({"ckpt": str(tmp_path / "none.ckpt"), "out": str(out)}, "does not exist"),
         ({"ckpt": "last", "out": str(out), "precision": "int4"}, "precision: 'int4'"),
-        ({"ckpt": "last", "out": str(tmp_path / "g.onnx"), "precision": "int8"}, "not onnx"),
+        (
+            {"ckpt": "last", "out": str(tmp_path / "g.onnx"), "precision": "int8"},
+            "not allowed for onnx",
+        ),
     ]:
         settings = {"precision": "auto", **settings}
         cfg = OmegaConf.create({"runs_dir": str(trained_run / "outputs"), **settings})

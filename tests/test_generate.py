@@ -189,7 +189,7 @@ def test_cli_bad_input_exits_1_with_one_line(trained_run, args, needle):
         ("unknown_chars", "keep", "choose one of error, drop, replace"),
         ("prompt", "", "prompt"),
         ("device", "gpu7", "device"),
-        ("precision", "fp16", "precision: 'fp16' is not allowed; choose one of auto, fp32"),
+        ("precision", "fp16", "precision: 'fp16' is not allowed for cpu; choose one of auto"),
     ],
 )
 def test_bad_options_are_named_in_the_error(trained_run, key, value, needle):

@@ -30,13 +30,10 @@ def resolve_precision(value, target: str = "cpu") -> str:
     """`precision` as a step on `target` (a device type, or "onnx") runs it. auto: int8 where the
     CPU has native bf16 (AVX-512-BF16, AMX), which feeds the int8 kernel fast and was measured
     within 0.005 nats/char of fp32 (bench/generation_speed.py); fp32 elsewhere."""
-    if value not in PRECISIONS:
+    allowed = PRECISIONS if target == "cpu" else PRECISIONS[:2]  # low precision: torch on CPU
+    if value not in allowed:
         raise CharRNNError(
-            f"precision: {value!r} is not allowed; choose one of {', '.join(PRECISIONS)}"
-        )
-    if value in ("bf16", "int8") and target != "cpu":
-        raise CharRNNError(
-            f"precision: {value} is for torch on the CPU, not {target}; use precision=fp32 or auto"
+            f"precision: {value!r} is not allowed for {target}; choose one of {', '.join(allowed)}"
         )
     if value == "auto":
         return "int8" if target == "cpu" and bf16_matmul_supported() else "fp32"
