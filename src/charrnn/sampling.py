@@ -24,6 +24,7 @@ CHUNK = 32  # steps per chunk: Gumbel noise is drawn and on_step called once per
 SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # of the step's weights (see resolve_precision)
+INT8_MM = torch.ops.aten._weight_int8pack_mm  # x [B, K] bf16, w [N, K] int8, scales [N] bf16
 
 
 def resolve_precision(value, target: str = "cpu") -> str:
@@ -151,9 +152,7 @@ class StepNet(nn.Module):
         if self.precision == "fp32":
             return torch.addmm(bias, h, w)
         if self.precision == "int8":
-            out = torch.ops.aten._weight_int8pack_mm(
-                h.bfloat16(), w, getattr(self, f"scale{layer}")
-            )
+            out = INT8_MM(h.bfloat16(), w, getattr(self, f"scale{layer}"))
         else:
             out = nn.functional.linear(h.bfloat16(), w)
         return out.float().add_(bias)

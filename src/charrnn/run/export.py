@@ -93,9 +93,6 @@ def export(cfg: DictConfig) -> Path:
         "checkpoint": str(path),
     }
     write_atomically(out, lambda tmp: WRITERS[out.suffix](sampler, Path(tmp), meta))
-    size, loader = out.stat().st_size, LOADERS[out.suffix]
-    print(
-        f"{path} -> {out} ({size:,} bytes, {precision} weights); load it with {loader}",
-        file=sys.stderr,
-    )
+    size, loader = f"{out.stat().st_size:,} bytes, {precision} weights", LOADERS[out.suffix]
+    print(f"{path} -> {out} ({size}); load it with {loader}", file=sys.stderr)
     return out
