@@ -103,6 +103,7 @@ class StepNet(nn.Module):
     layer's input (or the logits) now. The recurrent parts are carried without b_hh (folded into
     the input side; a GRU adds b_hn where r gates it), so the state at the start is all zeros.
     Plain tensor ops, no Python state: the same module is what torch.export and ONNX save.
+    `precision` (fp32, bf16, int8) is that of the read weights; the table and state stay fp32.
     """
 
     def __init__(self, net: nn.Module, known: int, precision: str = "fp32"):
