@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from charrnn.net import CharRNN
-from charrnn.sampling import Sampler, seed_generator
+from charrnn.run.checkpoints import load, resolve
+from charrnn.sampling import PRECISIONS, Sampler, resolve_precision, seed_generator
 from charrnn.vocab import Vocab
+
+WEIGHTS = PRECISIONS[1:]  # fp32, bf16, int8 (auto picks one of them)
 
 # the 65 characters of tiny Shakespeare (the vocabulary size is what matters for speed)
 SHAKESPEARE_CHARS = (
@@ -57,31 +61,81 @@ def measure_generation(
     repeats: int = 5,
     prompt: str = "ROMEO:",
     temperature: float = 1.0,
+    precisions: tuple[str, ...] = WEIGHTS,
 ) -> dict[str, list[float]]:
-    """Characters per second (all rows together) of each way at each batch size, one entry per
-    repeat: {"sampler_b1": [...], "tutorial_b1": [...], "sampler_b5": [...], ...}."""
+    """Characters per second (all rows together) of each way (our Sampler at each precision, the
+    tutorial's loop) at each batch size, one entry per repeat:
+    {"fp32_b1": [...], "bf16_b1": [...], "int8_b1": [...], "tutorial_b1": [...], ...}."""
     torch.manual_seed(0)
     vocab = Vocab(SHAKESPEARE_CHARS)
     net = CharRNN(vocab.size, cell, embedding_dim, rnn_units, num_layers).eval()
-    sampler = Sampler(net, vocab)
     # the loop a user writes calls plain nn.GRU / nn.LSTM (same weights)
     plain = CharRNN(vocab.size, cell, embedding_dim, rnn_units, num_layers, impl="torch").eval()
     plain.load_state_dict(net.state_dict())
     ways = {
-        "sampler": lambda b, g: sampler.generate(prompt, length, temperature, 0, b, g),
-        "tutorial": lambda b, g: tutorial_generate(plain, vocab, prompt, length, temperature, b, g),
-    }
+        p: Sampler(net, vocab, precision=p).generate for p in precisions
+    }  # each: (prompt, length, temperature, top_k, rows, generator)
+    ways["tutorial"] = lambda *a: tutorial_generate(plain, vocab, *a[:3], *a[4:])
     for way in ways.values():  # warm-up: allocator, caches
         for batch in batches:
-            way(batch, seed_generator(0))
+            way(prompt, length, temperature, 0, batch, seed_generator(0))
     speeds: dict[str, list[float]] = {f"{w}_b{b}": [] for b in batches for w in ways}
     for repeat in range(repeats):
         for batch in batches:
             for name, way in ways.items():
                 start = time.perf_counter()
-                way(batch, seed_generator(repeat))
+                way(prompt, length, temperature, 0, batch, seed_generator(repeat))
                 speeds[f"{name}_b{batch}"].append(batch * length / (time.perf_counter() - start))
     return speeds
+
+
+@torch.no_grad()
+def teacher_forced(step, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feeds ids [T] one step at a time through `step` (a StepNet, the very code that generates);
+    returns each next character's log-probability [T - 1] and the step's argmax [T - 1]. The
+    softmax is over the known characters (the sampler never draws the unknown id)."""
+    state, logits = [torch.zeros(1, n) for n in step.state_sizes()], []
+    for t in range(ids.numel() - 1):
+        x, state = step.logits(ids[t : t + 1], state)
+        logits.append(x)
+    logits = torch.cat(logits).log_softmax(1)
+    return logits.gather(1, ids[1:, None])[:, 0], logits.argmax(1)
+
+
+def measure_quality(
+    checkpoint: str,
+    corpus: str,
+    precisions: tuple[str, ...] = WEIGHTS,
+    val_chars: int = 5000,
+    val_frac: float = 0.1,
+    greedy_length: int = 1000,
+    prompt: str = "ROMEO:",
+) -> dict[str, dict[str, float]]:
+    """Per precision, against fp32: the mean log-likelihood (nats/char) of the first `val_chars`
+    characters of the corpus' val split (its last `val_frac`), teacher-forced through the step,
+    and greedy agreement over `greedy_length` characters: the share of positions where the step,
+    fed fp32's greedy text, picks fp32's character, and how long the free-running texts agree."""
+    trained = load(resolve(checkpoint))
+    text = Path(corpus).read_text(encoding="utf-8")
+    val = text[int(len(text) * (1 - val_frac)) :][:val_chars]
+    ids = torch.as_tensor(trained.vocab.encode(val), dtype=torch.long)
+    if int(ids.max()) >= trained.vocab.unk_id:
+        raise SystemExit(f"{corpus} has characters {checkpoint} never saw: not its corpus?")
+    samplers = {p: Sampler(trained.net, trained.vocab, precision=p) for p in precisions}
+    (greedy,) = samplers["fp32"].generate(prompt, greedy_length, 0)
+    forced = torch.as_tensor(trained.vocab.encode(prompt + greedy), dtype=torch.long)
+    quality = {}
+    for name, sampler in samplers.items():
+        (sample,) = sampler.generate(prompt, greedy_length, 0)
+        picks = teacher_forced(sampler.step, forced)[1][len(prompt) - 1 :]
+        same = [a == b for a, b in zip(sample, greedy, strict=True)] + [False]
+        quality[name] = {
+            "val_chars": ids.numel() - 1,
+            "val_loglik": float(teacher_forced(sampler.step, ids)[0].mean()),
+            "greedy_agreement": float((picks == forced[len(prompt) :]).float().mean()),
+            "greedy_same_prefix": same.index(False),
+        }
+    return quality
 
 
 def main() -> None:
@@ -95,6 +149,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--checkpoint", help="a trained .ckpt (or last / best) for the quality")
+    parser.add_argument("--corpus", default="data/shakespeare.txt", help="its text (val split)")
+    parser.add_argument("--val-chars", type=int, default=5000, help="val characters scored")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,18 +167,30 @@ def main() -> None:
     print(
         f"{args.cell} {args.num_layers}x{args.rnn_units}, embedding {args.embedding_dim}, "
         f"{args.length} chars, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"chars/s median [min-max] of {args.repeats} interleaved repeats"
+        f"chars/s median [min-max] of {args.repeats} interleaved repeats; "
+        f"precision=auto is {resolve_precision('auto')} here"
     )
     for name, values in speeds.items():
         print(f"  {name:12s} {median[name]:9,.0f}  [{min(values):,.0f}-{max(values):,.0f}]")
-    for batch in (1, 5):
+    for p in WEIGHTS:
+        ratios = [median[f"{p}_b{b}"] / median[f"tutorial_b{b}"] for b in (1, 5)]
+        # time of batch 5 / time of batch 1 = (b1 chars/s * 5) / (b5 chars/s)
         print(
-            f"  batch {batch}: sampler / tutorial = "
-            f"{median[f'sampler_b{batch}'] / median[f'tutorial_b{batch}']:.2f}x"
+            f"  {p}: sampler / tutorial = {ratios[0]:.2f}x at batch 1, {ratios[1]:.2f}x at "
+            f"batch 5; time of batch 5 / batch 1 = {5 * median[f'{p}_b1'] / median[f'{p}_b5']:.2f}"
         )
-    # time of batch 5 / time of batch 1 = (b1 chars/s * 5) / (b5 chars/s)
-    ratio = 5 * median["sampler_b1"] / median["sampler_b5"]
-    print(f"  sampler time batch 5 / batch 1 = {ratio:.2f}")
+    if not args.checkpoint:
+        print("  quality: no trained checkpoint (--checkpoint PATH|last), so none is reported")
+        return
+    quality = measure_quality(args.checkpoint, args.corpus, val_chars=args.val_chars)
+    print(f"quality of {args.checkpoint} on the first {args.val_chars} val chars of {args.corpus}:")
+    for p, row in quality.items():
+        print(
+            f"  {p}: val {row['val_loglik']:.5f} nats/char "
+            f"({row['val_loglik'] - quality['fp32']['val_loglik']:+.5f} vs fp32); greedy agrees "
+            f"with fp32 at {row['greedy_agreement']:.1%} of 1,000 positions, identical for the "
+            f"first {row['greedy_same_prefix']}"
+        )
 
 
 if __name__ == "__main__":

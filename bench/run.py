@@ -438,13 +438,17 @@ def train_section(plan: Plan, corpus: Path, workdir: Path, machine: Machine) -> 
 # --------------------------------------------------------------------------------------- generate
 
 
-def generate_section(plan: Plan, machine: Machine) -> dict:
-    """generation_speed's interleaved timing (our Sampler vs the tutorial's one-call-per-
-    character loop over plain nn.GRU / nn.LSTM), set against the machine's limits."""
-    from generation_speed import SHAKESPEARE_CHARS, measure_generation
+def generate_section(plan: Plan, machine: Machine, checkpoint: str | None, corpus: Path) -> dict:
+    """generation_speed's interleaved timing (our Sampler at each weight precision vs the
+    tutorial's one-call-per-character loop over plain nn.GRU / nn.LSTM), set against the
+    machine's limits; and, with a trained checkpoint, each precision's quality against fp32."""
+    from generation_speed import SHAKESPEARE_CHARS, WEIGHTS, measure_generation, measure_quality
+
+    from charrnn.sampling import resolve_precision
 
     e, h, v = plan.embedding_dim, plan.rnn_units, len(SHAKESPEARE_CHARS)
-    result = {"length": plan.gen_length, "prompt": "ROMEO:"}
+    default = resolve_precision("auto")
+    result = {"length": plan.gen_length, "prompt": "ROMEO:", "default_precision": default}
     for cell in ("gru", "lstm"):
         machine.probe()
         speeds = measure_generation(
@@ -452,30 +456,46 @@ def generate_section(plan: Plan, machine: Machine) -> dict:
         )
         gates = 3 if cell == "gru" else 4
         # per character: the recurrent matrix and the head; the input side is a table lookup
-        weight_bytes = 4 * (gates * h * h + h * v)
-        flops_per_char = 2 * (gates * h * h + h * v)
-        peak, cache_bw = machine.peak_gflops * 1e9, machine.cache_gbps * 1e9
+        weights = gates * h * h + h * v
+        cache_bw = machine.cache_gbps * 1e9
         for batch in (1, 5):
-            ours, loop = speeds[f"sampler_b{batch}"], speeds[f"tutorial_b{batch}"]
-            read_bound, compute_bound = batch * cache_bw / weight_bytes, peak / flops_per_char
-            bound = min(read_bound, compute_bound)
-            print(
-                f"  generate {cell} batch {batch}: sampler {median(ours):,.0f} chars/s, "
-                f"loop {median(loop):,.0f}",
-                flush=True,
+            loop = speeds[f"tutorial_b{batch}"]
+            row = result.setdefault(cell, {})[f"batch{batch}"] = {"loop_chars_per_s": stats(loop)}
+            for precision in WEIGHTS:
+                ours = speeds[f"{precision}_b{batch}"]
+                size = {"fp32": 4, "bf16": 2, "int8": 1}[precision]  # bytes per weight
+                peak = machine.peak_gflops if precision == "fp32" else machine.peak_bf16_gflops
+                read_bound = batch * cache_bw / (size * weights)
+                compute_bound = (peak or machine.peak_gflops) * 1e9 / (2 * weights)
+                bound = min(read_bound, compute_bound)
+                print(
+                    f"  generate {cell} batch {batch} {precision}: sampler {median(ours):,.0f} "
+                    f"chars/s, loop {median(loop):,.0f}",
+                    flush=True,
+                )
+                row[precision] = {
+                    "chars_per_s": stats(ours),
+                    "vs_loop": stats(a / b for a, b in zip(ours, loop, strict=True)),
+                    "bound_chars_per_s": bound,
+                    "bound_kind": "compute" if compute_bound < read_bound else "cache bandwidth",
+                    "fraction_of_bound": stats(c / bound for c in ours),
+                }
+            ours = row[default]  # the default precision's figures under the names they had
+            row["sampler_chars_per_s"], row["sampler_vs_loop"] = (
+                ours["chars_per_s"],
+                ours["vs_loop"],
             )
-            result.setdefault(cell, {})[f"batch{batch}"] = {
-                "sampler_chars_per_s": stats(ours),
-                "loop_chars_per_s": stats(loop),
-                "sampler_vs_loop": stats(a / b for a, b in zip(ours, loop, strict=True)),
-                "bound_chars_per_s": bound,
-                "bound_kind": "compute" if compute_bound < read_bound else "cache bandwidth",
-                "sampler_fraction_of_bound": stats(c / bound for c in ours),
-            }
-        # time of batch 5 / time of batch 1, per repeat
-        result[cell]["batch5_time_vs_batch1"] = stats(
-            5 * a / b for a, b in zip(speeds["sampler_b1"], speeds["sampler_b5"], strict=True)
-        )
+            row["bound_chars_per_s"] = ours["bound_chars_per_s"]
+            row["sampler_fraction_of_bound"] = ours["fraction_of_bound"]
+        for precision in WEIGHTS:  # time of batch 5 / time of batch 1, per repeat
+            b1, b5 = speeds[f"{precision}_b1"], speeds[f"{precision}_b5"]
+            result[cell][f"batch5_time_vs_batch1_{precision}"] = stats(
+                5 * a / b for a, b in zip(b1, b5, strict=True)
+            )
+        result[cell]["batch5_time_vs_batch1"] = result[cell][f"batch5_time_vs_batch1_{default}"]
+    if checkpoint:
+        result["quality"] = measure_quality(checkpoint, str(corpus), greedy_length=plan.gen_length)
+        result["quality_of"] = {"checkpoint": checkpoint, "corpus": str(corpus)}
     return result
 
 
@@ -624,29 +644,48 @@ def table(results: dict) -> str:
         lines.append("")
         lines.append(
             f"Generation: {g['length']} chars after {g['prompt']!r}, same weights, chars/s; "
-            "the loop calls plain nn.GRU/nn.LSTM one character at a time"
+            "the loop calls plain nn.GRU/nn.LSTM one character at a time; "
+            f"precision=auto is {g['default_precision']} here"
         )
         lines.append(
-            f"  {'':18} {'Sampler':>22} {'model-call loop':>22} {'ratio':>6} "
+            f"  {'':23} {'Sampler':>22} {'model-call loop':>22} {'ratio':>6} "
             f"{'bound':>7} {'of bound':>8}"
         )
         for cell in ("gru", "lstm"):
             for batch in ("batch1", "batch5"):
-                row = g[cell][batch]
-                lines.append(
-                    f"  {cell.upper()} {batch:13} {fmt(row, 'sampler_chars_per_s'):>22} "
-                    f"{fmt(row, 'loop_chars_per_s'):>22} "
-                    f"{row['sampler_vs_loop']['median']:5.2f}× "
-                    f"{row['bound_chars_per_s']:7,.0f} "
-                    f"{row['sampler_fraction_of_bound']['median']:8.0%}"
+                for precision in ("fp32", "bf16", "int8"):
+                    row, loop = g[cell][batch][precision], g[cell][batch]
+                    lines.append(
+                        f"  {cell.upper()} {batch} {precision:12} {fmt(row, 'chars_per_s'):>22} "
+                        f"{fmt(loop, 'loop_chars_per_s'):>22} "
+                        f"{row['vs_loop']['median']:5.2f}× "
+                        f"{row['bound_chars_per_s']:7,.0f} "
+                        f"{row['fraction_of_bound']['median']:8.0%}"
+                    )
+        for precision in ("fp32", "bf16", "int8"):
+            lines.append(
+                f"  Sampler time of batch 5 / batch 1, {precision}: "
+                + ", ".join(
+                    f"{cell.upper()} {g[cell][f'batch5_time_vs_batch1_{precision}']['median']:.2f}"
+                    for cell in ("gru", "lstm")
                 )
-        lines.append(
-            "  Sampler time of batch 5 / batch 1: "
-            + ", ".join(
-                f"{cell.upper()} {g[cell]['batch5_time_vs_batch1']['median']:.2f}"
-                for cell in ("gru", "lstm")
             )
-        )
+        quality = g.get("quality")
+        if quality is None:
+            lines.append("  Quality: no trained checkpoint given (--checkpoint), so none reported")
+        else:
+            fp32 = quality["fp32"]["val_loglik"]
+            lines.append(
+                f"  Quality of {g['quality_of']['checkpoint']}, teacher-forced through the step "
+                f"over the first {quality['fp32']['val_chars'] + 1:,} val chars:"
+            )
+            for precision, row in quality.items():
+                lines.append(
+                    f"    {precision}: {row['val_loglik']:.5f} nats/char "
+                    f"({row['val_loglik'] - fp32:+.5f} vs fp32); greedy picks fp32's character "
+                    f"at {row['greedy_agreement']:.1%} of {g['length']:,} positions, the same "
+                    f"text for {row['greedy_same_prefix']:,}"
+                )
     if "scale" in results:
         lines += ["", *scale.table(results["scale"])]
     if "startup" in results:
@@ -692,6 +731,11 @@ def main(argv=None) -> int:
         default=",".join(SECTIONS),
         help=f"comma-separated sections of {', '.join(SECTIONS)}",
     )
+    parser.add_argument(
+        "--checkpoint",
+        help="a checkpoint trained on --corpus (a .ckpt, or last / best under outputs/): "
+        "generation quality per precision on the corpus' val split",
+    )
     parser.add_argument("--hand-loop", help=argparse.SUPPRESS)  # internal: HandLoopProcess
     args = parser.parse_args(argv)
     if args.hand_loop:
@@ -730,7 +774,7 @@ def main(argv=None) -> int:
         if "train" in sections:
             results["train"] = train_section(plan, corpus, workdir, machine)
         if "generate" in sections:
-            results["generate"] = generate_section(plan, machine)
+            results["generate"] = generate_section(plan, machine, args.checkpoint, corpus)
         if {"machine", "train", "generate"} & set(sections):
             results["machine"] = machine.results()
         if "scale" in sections:

@@ -15,7 +15,7 @@ from charrnn.errors import CharRNNError
 from charrnn.net import CharRNN
 from charrnn.run.checkpoints import load, resolve
 from charrnn.run.generate import generate
-from charrnn.sampling import Sampler, clean_prompt, seed_generator
+from charrnn.sampling import Sampler, clean_prompt, resolve_precision, seed_generator
 
 RUN = Path("outputs/runs/2000-01-01_00-00-00-000000/checkpoints")
 
@@ -131,12 +131,14 @@ def test_cli_streams_one_sample_and_writes_out(trained_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     trained = load(_checkpoints(trained_run)[0])
-    (text,) = Sampler(trained.net, trained.vocab).generate(
+    auto = resolve_precision("auto")  # the default
+    (text,) = Sampler(trained.net, trained.vocab, precision=auto).generate(
         "ROMEO:", 80, 0.8, 0, 1, seed_generator(3)
     )
     assert result.stdout == "ROMEO:" + text + "\n"  # the same seed gives the same text
     assert out.read_text(encoding="utf-8") == result.stdout
     assert "last.ckpt" in result.stderr and "seed=3" in result.stderr
+    assert f"{auto} weights" in result.stderr
 
 
 def test_cli_batch_prints_each_sample_under_a_header(trained_run):
@@ -186,6 +188,7 @@ def test_cli_bad_input_exits_1_with_one_line(trained_run, args, needle):
         ("unknown_chars", "keep", "choose one of error, drop, replace"),
         ("prompt", "", "prompt"),
         ("device", "gpu7", "device"),
+        ("precision", "fp16", "precision: 'fp16' is not allowed for cpu; choose one of auto"),
     ],
 )
 def test_bad_options_are_named_in_the_error(trained_run, key, value, needle):

@@ -5,7 +5,7 @@ import torch
 
 from charrnn.errors import CharRNNError
 from charrnn.net import CharRNN
-from charrnn.sampling import Sampler, seed_generator
+from charrnn.sampling import Sampler, resolve_precision, seed_generator
 from charrnn.vocab import Vocab
 
 VOCAB = Vocab("\n !,.:?ADEIJLMNORTUaeghilnorstuy")
@@ -56,6 +56,48 @@ def test_step_logits_equal_the_models_logits(cell, layers):
             noise = -expected[k].expand(3, -1) + 1e-3 * torch.eye(known)[picks]
             pending, state = step(ids[k].expand(3), noise, None, state)
             assert pending.tolist() == picks.tolist()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("cell,layers", CELLS)
+def test_low_precision_logits_are_close_to_fp32(cell, layers, precision):
+    """Weights (and the activations into each product) in bf16 keep 8 significant bits, int8 ones
+    1/254 of a row's largest weight: on this tiny net (logits within +-1) every logit stays within
+    0.01 of fp32's, and differs from it, so the low-precision product really ran."""
+    net = make_net(cell, layers, scale=1.0)
+    ids = torch.tensor(VOCAB.encode("ROMEO: Good night, sweet JULIET! Parting is such sorrow."))
+    logits = {}
+    for name in ("fp32", precision):
+        step = Sampler(net, VOCAB, precision=name).step
+        state, rows = [torch.zeros(1, n) for n in step.state_sizes()], []
+        with torch.no_grad():
+            for k in range(len(ids)):
+                x, state = step.logits(ids[k : k + 1], state)
+                rows.append(x)
+        logits[name] = torch.cat(rows)
+    assert step.read0.dtype == {"bf16": torch.bfloat16, "int8": torch.int8}[precision]
+    assert logits[precision].dtype == torch.float32
+    assert 0 < float((logits[precision] - logits["fp32"]).abs().max()) < 0.01
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_text_decodes_and_repeats_with_its_seed(precision):
+    sampler = Sampler(make_net("gru", 2), VOCAB, precision=precision)
+    a = sampler.generate("JULIET:", 200, 1.0, 5, 3, seed_generator(7))
+    assert a == sampler.generate("JULIET:", 200, 1.0, 5, 3, seed_generator(7))
+    assert a != sampler.generate("JULIET:", 200, 1.0, 5, 3, seed_generator(8))
+    assert len(a) == 3 and all(len(t) == 200 and set(t) <= set(VOCAB.chars) for t in a)
+    (greedy,) = sampler.generate("JULIET:", 100, 0)
+    assert len(greedy) == 100 and set(greedy) <= set(VOCAB.chars)
+
+
+def test_precision_is_checked_where_it_enters():
+    assert resolve_precision("auto") in ("int8", "fp32")
+    assert resolve_precision("auto", "cuda") == "fp32" and resolve_precision("bf16") == "bf16"
+    for value, target in [("fp16", "cpu"), (None, "cpu"), ("int8", "onnx"), ("bf16", "cuda")]:
+        with pytest.raises(CharRNNError, match="precision") as err:
+            resolve_precision(value, target)
+        assert "\n" not in str(err.value) and "fp32" in str(err.value)
 
 
 @pytest.mark.parametrize("cell,layers", CELLS)

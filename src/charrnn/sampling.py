@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
+from charrnn.fused_gru import bf16_matmul_supported
 from charrnn.vocab import Vocab
 
 CHUNK = 32  # steps per chunk: Gumbel noise is drawn and on_step called once per chunk
@@ -22,6 +23,22 @@ CHUNK = 32  # steps per chunk: Gumbel noise is drawn and on_step called once per
 
 SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # of the step's weights (see resolve_precision)
+INT8_MM = torch.ops.aten._weight_int8pack_mm  # x [B, K] bf16, w [N, K] int8, scales [N] bf16
+
+
+def resolve_precision(value, target: str = "cpu") -> str:
+    """`precision` as a step on `target` (a device type, or "onnx") runs it. auto: int8 where the
+    CPU has native bf16 (AVX-512-BF16, AMX), which feeds the int8 kernel fast and was measured
+    within 0.005 nats/char of fp32 (bench/generation_speed.py); fp32 elsewhere."""
+    allowed = PRECISIONS if target == "cpu" else PRECISIONS[:2]  # low precision: torch on CPU
+    if value not in allowed:
+        raise CharRNNError(
+            f"precision: {value!r} is not allowed for {target}; choose one of {', '.join(allowed)}"
+        )
+    if value == "auto":
+        return "int8" if target == "cpu" and bf16_matmul_supported() else "fp32"
+    return value
 
 
 def clean_prompt(
@@ -86,12 +103,13 @@ class StepNet(nn.Module):
     layer's input (or the logits) now. The recurrent parts are carried without b_hh (folded into
     the input side; a GRU adds b_hn where r gates it), so the state at the start is all zeros.
     Plain tensor ops, no Python state: the same module is what torch.export and ONNX save.
+    `precision` (fp32, bf16, int8) is that of the read weights; the table and state stay fp32.
     """
 
-    def __init__(self, net: nn.Module, known: int):
+    def __init__(self, net: nn.Module, known: int, precision: str = "fp32"):
         super().__init__()
         rnn, head = net.rnn, net.head
-        self.lstm = isinstance(rnn, nn.LSTM)
+        self.lstm, self.precision = isinstance(rnn, nn.LSTM), precision
         self.layers, self.size = rnn.num_layers, rnn.hidden_size
         size = self.size
         self.gates = (4 if self.lstm else 3) * size
@@ -113,8 +131,14 @@ class StepNet(nn.Module):
                 b_out = weight(f"bias_ih_l{layer + 1}") + hh_bias[layer + 1]
             else:  # the unknown id (= known) gets no logit, so it is never drawn
                 w_out, b_out = (p.detach().float()[:known] for p in (head.weight, head.bias))
-            # transposed, contiguous: h [B, H] @ W [H, G + out] streams W once for all rows
-            w = torch.cat([weight(f"weight_hh_l{layer}"), w_out]).t().contiguous()
+            w = torch.cat([weight(f"weight_hh_l{layer}"), w_out])  # [G + out, H]
+            if precision == "int8":  # symmetric per output row: w ~ q * scale, q in [-127, 127]
+                scale = (w.abs().amax(1) / 127).clamp_min(1e-30).bfloat16()
+                self.register_buffer(f"scale{layer}", scale)
+                w = (w / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+            # fp32 transposed, contiguous: h [B, H] @ W [H, G + out] streams W once for all rows;
+            # bf16 and int8 keep [G + out, H], the layout their kernels read fastest
+            w = {"fp32": w.t().contiguous(), "bf16": w.bfloat16(), "int8": w}[precision]
             self.register_buffer(f"read{layer}", w)
             self.register_buffer(f"read_bias{layer}", torch.cat([torch.zeros(self.gates), b_out]))
 
@@ -122,12 +146,20 @@ class StepNet(nn.Module):
         """Widths of the state tensors: h per layer, (c per layer,) recurrent part per layer."""
         return [self.size] * self.layers * (2 if self.lstm else 1) + [self.gates] * self.layers
 
-    def forward(
-        self, ids: Tensor, noise: Tensor | None, kth: Tensor | None, state: list[Tensor]
-    ) -> tuple[Tensor, list[Tensor]]:
-        """Feeds ids [B]; returns the next ids [B] and the new state. `noise` [B, known] is
-        temperature * Gumbel noise (None: greedy); `kth` [1] the rank of the last character top-k
-        keeps (None: all)."""
+    def product(self, layer: int, h: Tensor) -> Tensor:
+        """h [B, H] times layer's read weights plus bias, in fp32. Low-precision weights take bf16
+        activations (int8 with fp32 ones is ~10x slower) and give fp32 back to the gate math."""
+        w, bias = getattr(self, f"read{layer}"), getattr(self, f"read_bias{layer}")
+        if self.precision == "fp32":
+            return torch.addmm(bias, h, w)
+        if self.precision == "int8":
+            out = INT8_MM(h.bfloat16(), w, getattr(self, f"scale{layer}"))
+        else:
+            out = nn.functional.linear(h.bfloat16(), w)
+        return out.float().add_(bias)
+
+    def logits(self, ids: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Feeds ids [B]; returns the logits [B, known] of the next character and the new state."""
         layers, size = self.layers, self.size
         x, new = self.table.index_select(0, ids), list(state)
         for layer in range(layers):
@@ -145,11 +177,20 @@ class StepNet(nn.Module):
                 r, z = torch.sigmoid(x_rz + hh_rz).chunk(2, 1)
                 n = torch.tanh(torch.addcmul(x_n, r, hh_n + getattr(self, f"b_hn{layer}")))
                 h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
-            out = torch.addmm(getattr(self, f"read_bias{layer}"), h, getattr(self, f"read{layer}"))
+            out = self.product(layer, h)
             new[layer], (new[-layers + layer], x) = (
                 h,
                 out.split([self.gates, out.shape[1] - self.gates], 1),
             )
+        return x, new
+
+    def forward(
+        self, ids: Tensor, noise: Tensor | None, kth: Tensor | None, state: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Feeds ids [B]; returns the next ids [B] and the new state. `noise` [B, known] is
+        temperature * Gumbel noise (None: greedy); `kth` [1] the rank of the last character top-k
+        keeps (None: all)."""
+        x, new = self.logits(ids, state)
         if kth is not None:
             cut = x.sort(1, descending=True).values.index_select(1, kth)
             x = x.masked_fill(x < cut, -math.inf)
@@ -183,10 +224,10 @@ class Sampler:
     row one character per step. `step` replaces the eager StepNet by a loaded export (which takes
     every input: zero noise when greedy, kth = known - 1 for all)."""
 
-    def __init__(self, net: nn.Module | None, vocab: Vocab, step=None, state_sizes=None):
+    def __init__(self, net, vocab: Vocab, step=None, state_sizes=None, precision="fp32"):
         self.vocab, self.full = vocab, step is not None
         with torch.no_grad():
-            self.step = step if self.full else StepNet(net, vocab.unk_id).eval()
+            self.step = step if self.full else StepNet(net, vocab.unk_id, precision).eval()
         self.state_sizes = state_sizes or self.step.state_sizes()
         self.device = torch.device("cpu") if self.full else self.step.table.device
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from charrnn.errors import CharRNNError
 from charrnn.files import write_atomically
 from charrnn.run.checkpoints import load, resolve
-from charrnn.sampling import Sampler, seed_generator
+from charrnn.sampling import Sampler, resolve_precision, seed_generator
 
 META = "charrnn.json"  # the archive's extra file (ONNX: metadata key) with vocab and state sizes
 # what the written file must reproduce: (prompt, "" = the first character), length, T, k, rows, seed
@@ -81,16 +81,18 @@ def _check_out(value) -> Path:
 def export(cfg: DictConfig) -> Path:
     """Runs the command: checkpoint → step-function file, verified before it lands."""
     out = _check_out(cfg.out)
+    precision = resolve_precision(cfg.precision, "onnx" if out.suffix == ".onnx" else "cpu")
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)
-    sampler = Sampler(trained.net, trained.vocab)
+    sampler = Sampler(trained.net, trained.vocab, precision=precision)
     meta = {
         "vocab": trained.vocab.chars,
         "state": sampler.state_sizes,
+        "precision": precision,
         "model": trained.hparams["model"],
         "checkpoint": str(path),
     }
     write_atomically(out, lambda tmp: WRITERS[out.suffix](sampler, Path(tmp), meta))
-    size, loader = out.stat().st_size, LOADERS[out.suffix]
-    print(f"{path} -> {out} ({size:,} bytes); load it with {loader}", file=sys.stderr)
+    size, loader = f"{out.stat().st_size:,} bytes, {precision} weights", LOADERS[out.suffix]
+    print(f"{path} -> {out} ({size}); load it with {loader}", file=sys.stderr)
     return out

@@ -12,7 +12,14 @@ from omegaconf import DictConfig
 from charrnn.errors import CharRNNError
 from charrnn.files import write_atomically
 from charrnn.run.checkpoints import load, resolve
-from charrnn.sampling import UNKNOWN_CHARS, Sampler, clean_prompt, seed_generator
+from charrnn.sampling import (
+    UNKNOWN_CHARS,
+    Sampler,
+    check_options,
+    clean_prompt,
+    resolve_precision,
+    seed_generator,
+)
 
 
 def validate_generate(cfg: DictConfig) -> None:
@@ -68,46 +75,31 @@ def generate(cfg: DictConfig) -> list[str]:
     validate_generate(cfg)
     device = pick_device(cfg.device)
     typed = read_prompt(cfg)
+    precision = resolve_precision(cfg.precision, device.type)
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)
     vocab, model = trained.vocab, trained.hparams["model"]
     prompt = clean_prompt(typed, vocab, cfg.unknown_chars, cfg.replace_with)
     seed = cfg.seed if cfg.seed is not None else int(torch.randint(2**31, ()))
-    sampler = Sampler(trained.net.to(device), vocab)
-    stream = cfg.num_samples == 1
+    options = (cfg.length, cfg.temperature, cfg.top_k, cfg.num_samples)
+    check_options(vocab, *options)  # before the header, so that a bad option is the one line
+    sampler = Sampler(trained.net.to(device), vocab, precision=precision)
     shape = f"{model['cell']} {model['num_layers']}x{model['rnn_units']}"
-    header = f"{path}: {shape}, {vocab.unk_id} characters; seed={seed}"
-    started = False
+    header = f"{path}: {shape}, {vocab.unk_id} characters; {precision} weights; seed={seed}"
+    print(header, file=sys.stderr)
+    stream = cfg.num_samples == 1  # one sample streams; a batch is printed whole
 
-    def show(chars: list[str]) -> None:  # streaming: first called once the sampler took the options
-        nonlocal started
-        if not started:
-            started = True
-            print(header, file=sys.stderr)
-            sys.stdout.write(prompt)
+    def show(chars: list[str]) -> None:
         sys.stdout.write(chars[0])
         sys.stdout.flush()
 
-    texts = sampler.generate(
-        prompt,
-        cfg.length,
-        cfg.temperature,
-        cfg.top_k,
-        cfg.num_samples,
-        seed_generator(seed),
-        on_step=show if stream else None,  # a batch is printed whole, after its header
-    )
-    if not stream:
-        print(header, file=sys.stderr)
-    samples = [prompt + text for text in texts]
     if stream:
-        sys.stdout.write("\n")
-        shown = samples[0] + "\n"
-    else:
-        shown = "".join(
-            f"===== sample {i + 1}/{len(samples)} =====\n{s}\n" for i, s in enumerate(samples)
-        )
-        sys.stdout.write(shown)
+        sys.stdout.write(prompt)
+    texts = sampler.generate(prompt, *options, seed_generator(seed), show if stream else None)
+    samples = [prompt + text for text in texts]
+    blocks = (f"===== sample {i + 1}/{len(samples)} =====\n{s}\n" for i, s in enumerate(samples))
+    shown = samples[0] + "\n" if stream else "".join(blocks)
+    sys.stdout.write("\n" if stream else shown)
     sys.stdout.flush()
     if cfg.out:
         out = Path(cfg.out).expanduser()
