@@ -644,7 +644,7 @@ def table(results: dict) -> str:
         lines.append("")
         lines.append(
             f"Generation: {g['length']} chars after {g['prompt']!r}, same weights, chars/s; "
-            "the loop calls plain nn.GRU/nn.LSTM one character at a time; "
+            "the loop calls plain nn.GRU/nn.LSTM one character at a time (the faster of no_grad and inference_mode); "
             f"precision=auto is {g['default_precision']} here"
         )
         lines.append(
