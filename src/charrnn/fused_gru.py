@@ -116,10 +116,9 @@ class GRURecurrence(torch.autograd.Function):
 
 def _fusable_autocast(device_type: str) -> bool:
     """No autocast, or CPU autocast to bf16: the casts GRURecurrence knows (others go to nn.GRU)."""
-    enabled = torch.is_autocast_enabled(device_type)
-    return not enabled or (
-        device_type == "cpu" and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
+    if not torch.is_autocast_enabled(device_type):
+        return True
+    return device_type == "cpu" and torch.get_autocast_dtype(device_type) == torch.bfloat16
 
 
 class FusedGRU(nn.GRU):
