@@ -29,13 +29,6 @@ def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
     return (*args, state), ({0: rows}, {0: rows}, None, [{0: rows}] * len(state))
 
 
-def step_program(sampler: Sampler) -> torch.export.ExportedProgram:
-    """The sampler's step as a graph whose number of rows is free."""
-    args, dynamic = step_inputs(sampler)
-    with torch.no_grad():
-        return torch.export.export(sampler.step, args, dynamic_shapes=dynamic)
-
-
 def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, greedy_only=False):
     """Raises unless the written file kept `meta` (read back as the string `found`) and its `step`
     generates what `sampler` generates."""
@@ -51,8 +44,11 @@ def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, gree
 
 def save_pt2(sampler: Sampler, out: Path, meta: dict) -> None:
     """A torch.export archive; reloaded from `out` and checked."""
+    args, dynamic = step_inputs(sampler)
+    with torch.no_grad():  # a graph whose number of rows is free
+        program = torch.export.export(sampler.step, args, dynamic_shapes=dynamic)
     buffer = io.BytesIO()  # (through bytes: torch.export warns on a name not ending in .pt2)
-    torch.export.save(step_program(sampler), buffer, extra_files={META: json.dumps(meta)})
+    torch.export.save(program, buffer, extra_files={META: json.dumps(meta)})
     out.write_bytes(buffer.getvalue())
     extra = {META: ""}
     step = torch.export.load(io.BytesIO(out.read_bytes()), extra_files=extra).module()
