@@ -65,18 +65,14 @@ WRITERS = {".pt2": save_pt2, ".onnx": save_onnx}  # out's suffix -> how it is wr
 LOADERS = {".pt2": "torch.export.load", ".onnx": "onnxruntime.InferenceSession"}
 
 
-def _check_out(value) -> Path:
-    if not isinstance(value, str) or Path(value).suffix not in WRITERS:
-        raise CharRNNError(
-            f"out: {value!r} is not allowed; give a file name ending in .pt2 (torch.export) "
-            "or .onnx (onnxruntime)"
-        )
-    return Path(value).expanduser()
-
-
 def export(cfg: DictConfig) -> Path:
     """Runs the command: checkpoint → step-function file, verified before it lands."""
-    out = _check_out(cfg.out)
+    if not isinstance(cfg.out, str) or Path(cfg.out).suffix not in WRITERS:
+        raise CharRNNError(
+            f"out: {cfg.out!r} is not allowed; give a file name ending in .pt2 (torch.export) "
+            "or .onnx (onnxruntime)"
+        )
+    out = Path(cfg.out).expanduser()
     precision = resolve_precision(cfg.precision, "onnx" if out.suffix == ".onnx" else "cpu")
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)
