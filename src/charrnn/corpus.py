@@ -183,9 +183,8 @@ def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
 def encode_corpus(
     files: list[Path], separator: str = "\n\n", encoding: str = "utf-8", cache: bool = True
 ) -> tuple[Vocab, np.ndarray]:
-    """The files joined by `separator` as a vocabulary and ids (narrowest unsigned type), in two
-    streamed passes: the code points seen, then a table gather per slice. With `cache` the ids go
-    straight into a .npy file and come back memory-mapped: no run holds the corpus in RAM."""
+    """The joined files as vocabulary and ids (narrowest type) in two streamed passes; with `cache`
+    the ids go straight into a .npy and come back memory-mapped: no run holds the corpus in RAM."""
     path = ids_cache_path(files, separator, encoding) if cache else None
     if path is not None and (cached := _load_ids(path)) is not None:
         return cached

@@ -43,9 +43,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumeState(L.Callback):
-    """Stores what Lightning does not: the overrides (replayed by resume=), the torch random state
-    (dropout's) and the logged metrics. On resume it redoes what Lightning leaves out: the scheduler
-    steps of a checkpoint taken at an epoch's end, and a changed `optimizer.lr`."""
+    """Stores what Lightning does not (overrides for resume=, dropout's random state, metrics); on
+    resume, redoes what it leaves out: an epoch end's scheduler steps, a changed `optimizer.lr`."""
 
     state_key = RECORD  # where charrnn.run.resume.recorded_overrides finds it
 
@@ -90,9 +89,8 @@ class ResumeState(L.Callback):
         log.info("optimizer.lr %g replaces the checkpoint's %g", lr, self._saved_lr)
 
     def _step_skipped_schedulers(self, trainer) -> None:
-        """From a checkpoint written at an epoch's end, before its scheduler steps: every epoch
-        scheduler when the epoch counts as finished, ReduceLROnPlateau alone (with the recorded
-        val/loss) when Lightning replays the epoch's end."""
+        """After a checkpoint from an epoch's end, before its scheduler steps: every epoch scheduler
+        if the epoch counts as done, else ReduceLROnPlateau alone (with the saved val/loss)."""
         loop = trainer.fit_loop
         if not (loop.resumed_on_epoch_end or loop.restarted_on_epoch_end):
             return

@@ -131,9 +131,8 @@ def _flat_params(cfg: DictConfig) -> dict:
 
 
 def keep_freed_memory() -> None:
-    """Has glibc keep freed memory: by default each block over 32 MB is mapped afresh and unmapped
-    when freed, so every step page-faults its activations in again (~80,000 faults, a quarter of
-    a GRU-1024 step). The price: the process keeps its peak memory."""
+    """Has glibc keep freed memory: else blocks over 32 MB are unmapped when freed and every step
+    faults its activations in again (~80,000 faults: 1/4 of a GRU-1024 step). Cost: peak RSS."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (nor Linux)
