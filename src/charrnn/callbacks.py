@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from charrnn.sampling import Sampler, check_options
+from charrnn.sampling import Sampler, check_options, seed_generator
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +18,7 @@ def as_markdown_verbatim(text: str) -> str:
 
 
 class SampleText(L.Callback):
-    """Text sampled after each validation from a fixed prompt, with its own seeded generator (the
-    training random stream stays untouched)."""
+    """Text sampled after each validation from a fixed prompt, with its own seeded generator."""
 
     def __init__(
         self,
@@ -51,9 +49,8 @@ class SampleText(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        generator = torch.Generator().manual_seed(self.seed)
-        sampler = Sampler(pl_module.net, pl_module.vocab)
-        (text,) = sampler.generate(
+        generator = seed_generator(self.seed)  # its own: the training random stream stays as it is
+        (text,) = Sampler(pl_module.net, pl_module.vocab).generate(
             self.prompt, self.length, self.temperature, self.top_k, generator=generator
         )
         sample = self.prompt + text

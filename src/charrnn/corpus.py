@@ -27,11 +27,6 @@ CHUNK_BYTES = 16 << 20  # decode in slices so a gigabyte corpus never becomes on
 IDS_CACHE_FORMAT = 2  # in the cache key: bump when the encoding changes (old caches are ignored)
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _by_hand(url: str, dest: Path, sha256: str | None) -> str:
     checksum = f" (sha256 {sha256})" if sha256 else ""
     return (
@@ -98,8 +93,9 @@ def locate_corpus(
         log.warning("data.sha256 is null: %s will be used without verifying its contents", url)
     cached = Path(cache_dir).expanduser() / name
     if cached.is_file():
-        if sha256 is None or sha256_file(cached) == sha256.lower():
-            return [cached]
+        with open(cached, "rb") as f:
+            if sha256 is None or hashlib.file_digest(f, "sha256").hexdigest() == sha256.lower():
+                return [cached]
         log.warning("cached %s does not match data.sha256; downloading it again", cached)
     log.info("downloading %s to %s", url, cached)
     return [download(url, cached, sha256, timeout)]
@@ -187,9 +183,8 @@ def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
 def encode_corpus(
     files: list[Path], separator: str = "\n\n", encoding: str = "utf-8", cache: bool = True
 ) -> tuple[Vocab, np.ndarray]:
-    """The files joined by `separator` as a vocabulary and ids (narrowest unsigned type), in two
-    streamed passes: the code points seen, then a table gather per slice. With `cache` the ids go
-    straight into a .npy file and come back memory-mapped: no run holds the corpus in RAM."""
+    """The joined files as vocabulary and ids (narrowest type) in two streamed passes; with `cache`
+    the ids go straight into a .npy and come back memory-mapped: no run holds the corpus in RAM."""
     path = ids_cache_path(files, separator, encoding) if cache else None
     if path is not None and (cached := _load_ids(path)) is not None:
         return cached

@@ -46,17 +46,14 @@ class EpochOrder(Sampler):
 
     def __init__(self, seed: int, shift: bool):
         self.seed, self.shift, self.epoch, self.start = seed, shift, 0, 0
-        self._resume: tuple[int, int] | None = None
+        self.resume: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        self._resume = (epoch, batches_done)
-
     def begin_epoch(self) -> int:
         """The batch this epoch starts at: 0, or where a checkpoint of the same epoch stopped."""
-        resume, self._resume = self._resume, None
+        resume, self.resume = self.resume, None
         self.start = resume[1] if resume is not None and resume[0] == self.epoch else 0
         return self.start
 
@@ -95,11 +92,11 @@ class ShuffledWindows(EpochOrder):
 
 class StreamBatches(Dataset):
     """The text as `rows` contiguous streams, `seq_length` targets per batch: batch k+1 of a row
-    continues batch k (the state carries on: truncated BPTT). Indexed by (offset, k); targets past
-    the end are -100 (ignored), so every character after the offset is a target once."""
+    continues batch k (truncated BPTT). Indexed by (offset, k); targets past the end are -100
+    (ignored). DDP rank r of `world` gets rows r, r+world, ...: each rank keeps whole streams."""
 
-    def __init__(self, ids: np.ndarray, rows: int, seq_length: int):
-        self.ids, self.seq_length = ids, seq_length
+    def __init__(self, ids: np.ndarray, rows: int, seq_length: int, rank=0, world=1):
+        self.ids, self.seq_length, self.rank, self.world = ids, seq_length, rank, world
         self.rows = max(1, min(rows, len(ids) - 1))
         self.length = math.ceil((len(ids) - 1) / self.rows)  # targets per row at offset 0
 
@@ -109,7 +106,7 @@ class StreamBatches(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         offset, k = item
         cols = np.arange(k * self.seq_length, min((k + 1) * self.seq_length, self.length) + 1)
-        pos = offset + np.arange(self.rows)[:, None] * self.length + cols
+        pos = offset + np.arange(self.rank, self.rows, self.world)[:, None] * self.length + cols
         block = self.ids[np.minimum(pos, len(self.ids) - 1)].astype(np.int64)
         targets = block[:, 1:].copy()
         targets[pos[:, 1:] >= len(self.ids)] = -100
@@ -117,7 +114,7 @@ class StreamBatches(Dataset):
 
 
 class StreamOrder(EpochOrder):
-    """Batches of a StreamBatches in order; DDP ranks share out rows, not batches (_RowShard)."""
+    """Batches of a StreamBatches in order (DDP ranks share out its rows, not batches)."""
 
     def __init__(self, streams: StreamBatches, shift: bool, seed: int = 0):
         super().__init__(seed, shift)
@@ -137,21 +134,18 @@ class ResumableLoader(DataLoader):
     keeps state_dict() in checkpoints, so a mid-epoch resume skips exactly those batches."""
 
     def __iter__(self):
-        begin = getattr(self.sampler, "begin_epoch", None)
-        self.consumed = begin() if begin is not None else 0
-        self.consumed_epoch = getattr(self.sampler, "epoch", 0)
+        self.consumed, self.consumed_epoch = self.sampler.begin_epoch(), self.sampler.epoch
         for batch in super().__iter__():
             self.consumed += 1
             yield batch
 
     def state_dict(self) -> dict:
         # the epoch the count belongs to: between epochs the sampler is already on the next one
-        epoch = getattr(self, "consumed_epoch", getattr(self.sampler, "epoch", 0))
+        epoch = getattr(self, "consumed_epoch", self.sampler.epoch)
         return {"epoch": epoch, "batches_done": getattr(self, "consumed", 0)}
 
     def load_state_dict(self, state: dict) -> None:
-        if hasattr(self.sampler, "resume_at"):
-            self.sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))
+        self.sampler.resume = (int(state["epoch"]), int(state["batches_done"]))
 
 
 class CharDataModule(L.LightningDataModule):
@@ -222,9 +216,8 @@ class CharDataModule(L.LightningDataModule):
         h = self.hparams
         rank, world = self._rank_world()
         if h.stateful:
-            streams = StreamBatches(self.train_ids, h.batch_size * world, h.seq_length)
-            dataset = _RowShard(streams, rank, world)
-            sampler = StreamOrder(streams, h.shift_windows, h.seed)
+            dataset = StreamBatches(self.train_ids, h.batch_size * world, h.seq_length, rank, world)
+            sampler = StreamOrder(dataset, h.shift_windows, h.seed)
         else:
             dataset = self.train_windows
             sampler = ShuffledWindows(dataset, h.batch_size, h.shift_windows, rank, world, h.seed)
@@ -233,8 +226,8 @@ class CharDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         h = self.hparams
-        streams = StreamBatches(self.val_text, h.val_streams * world, h.seq_length)
-        return _loader(_RowShard(streams, rank, world), StreamOrder(streams, False))
+        streams = StreamBatches(self.val_text, h.val_streams * world, h.seq_length, rank, world)
+        return _loader(streams, StreamOrder(streams, False))
 
 
 def _loader(dataset, sampler, kind=DataLoader, **options) -> DataLoader:
@@ -242,17 +235,3 @@ def _loader(dataset, sampler, kind=DataLoader, **options) -> DataLoader:
     it, and the global stream (dropout's) must not move when a resumed run makes iterators."""
     generator = torch.Generator().manual_seed(0)
     return kind(dataset, sampler=sampler, batch_size=None, generator=generator, **options)
-
-
-class _RowShard(Dataset):
-    """Rank r's rows r, r+world, ... of every stream batch, so each rank keeps whole streams."""
-
-    def __init__(self, streams: StreamBatches, rank: int, world: int):
-        self.streams, self.rank, self.world = streams, rank, world
-
-    def __len__(self) -> int:
-        return len(self.streams)
-
-    def __getitem__(self, item):
-        inputs, targets = self.streams[item]
-        return inputs[self.rank :: self.world], targets[self.rank :: self.world]

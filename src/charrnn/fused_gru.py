@@ -1,12 +1,11 @@
 """A GRU layer built around large matrix products, for CPU training speed.
 
-`nn.GRU` on CPU has autograd replay the sequence step by step, a dozen small ops per step. Here
-backward is written by hand (each gate gradient is the incoming one times a coefficient saved
-forward) with one sequence-long weight-gradient product; per-step products use MKL's packed GEMM;
-after an embedding the input projection is a lookup in the projected table; under CPU bf16
-autocast the products take bf16 operands (3-5x fp32 on AVX-512-BF16/AMX) while the parameters,
-state and gate math stay fp32. Same parameters, equations and state-dict keys as `nn.GRU`;
-short sequences (sampling) and CUDA tensors take `nn.GRU`'s own path.
+`nn.GRU` on CPU has autograd replay the sequence, a dozen small ops per step. Here backward is
+by hand (gate gradients times coefficients saved forward) with one sequence-long weight-gradient
+product; per-step products use MKL's packed GEMM; after an embedding the input projection is a
+table lookup; under CPU bf16 autocast the products take bf16 operands (3-5x fp32 on AVX-512-BF16/
+AMX), parameters, state and gates stay fp32. nn.GRU's parameters, equations and state-dict keys;
+short sequences (sampling) and CUDA tensors take nn.GRU's own path.
 """
 
 from __future__ import annotations
@@ -29,12 +28,10 @@ def bf16_matmul_supported() -> bool:
 
 
 def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype | None = None):
-    """x -> x @ weight.T (+ bias) for `calls` products of `rows`-row inputs.
-
-    A plain GEMM re-packs the weight every call (a third of a 64-row product's time); MKL's packed
-    GEMM packs it once (fp32 CPU, not worth it for few calls or one row). With `dtype` (bf16 under
-    autocast) the weight is cast once here and each product back to fp32: on CPU, elementwise ops
-    mixing bf16 and fp32 are several times slower than one contiguous cast."""
+    """x -> x @ weight.T (+ bias) for `calls` products of `rows`-row inputs. A plain GEMM re-packs
+    the weight every call (a third of a 64-row product); MKL's packed GEMM packs it once (fp32 CPU,
+    enough calls, rows > 1). With `dtype` (bf16) the weight is cast once, each product back to fp32:
+    on CPU, elementwise ops mixing bf16 and fp32 are several times slower than one cast."""
     result, dtype = weight.dtype, dtype or weight.dtype
     packable = weight.dtype == dtype == torch.float32 and weight.device.type == "cpu"
     if _MKL_PACKED and packable and calls >= MIN_STEPS and rows > 1:
@@ -52,12 +49,10 @@ def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype 
 
 
 class GRURecurrence(torch.autograd.Function):
-    """The recurrent half of one GRU layer, time-major: gi [T, B, 3H] (input projections with
-    bias), h0 [B, H], w_hh [3H, H], b_hh [3H] -> h_1..h_T [T, B, H].
-
-    gi's dtype is the products' (bf16 under autocast; the state, gates and coefficients stay in
-    h0's fp32). Forward stores the gate coefficients while r, z, n are in cache, so a backward
-    step is one broadcast multiply and one product."""
+    """One GRU layer's recurrent half, time-major: gi [T, B, 3H] (input projections with bias, in
+    the products' dtype), h0 [B, H] (fp32, like state and gates), w_hh, b_hh -> h_1..h_T [T, B, H].
+    Forward stores the gate coefficients while r, z, n are in cache: a backward step is one
+    broadcast multiply and one product."""
 
     @staticmethod
     def forward(ctx, gi, h0, w_hh, b_hh, grad_enabled: bool):
@@ -120,18 +115,15 @@ class GRURecurrence(torch.autograd.Function):
 
 
 def _fusable_autocast(device_type: str) -> bool:
-    """No autocast, or CPU autocast to bf16 (F.linear then gives bf16 projections): the casts
-    GRURecurrence knows; other autocast dtypes go to nn.GRU."""
+    """No autocast, or CPU autocast to bf16: the casts GRURecurrence knows (others go to nn.GRU)."""
     if not torch.is_autocast_enabled(device_type):
         return True
     return device_type == "cpu" and torch.get_autocast_dtype(device_type) == torch.bfloat16
 
 
 class FusedGRU(nn.GRU):
-    """Drop-in `nn.GRU` (unidirectional, no projection) whose CPU path is `GRURecurrence`.
-
-    Under CPU bf16 autocast it returns fp32 outputs and states, as nn.GRU does there.
-    """
+    """Drop-in `nn.GRU` (unidirectional, no projection) whose CPU path is `GRURecurrence`; under
+    CPU bf16 autocast it returns fp32 outputs and states, as nn.GRU does there."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -157,11 +157,8 @@ def _check_continuable(checkpoint: dict, path, vocab: str, model: dict, corpus) 
     hparams = checkpoint.get("hyper_parameters") or {}
     saved = hparams.get("vocab", "")
     if saved != vocab:
-        differences = []
-        if only_corpus := sorted(set(vocab) - set(saved)):
-            differences.append(f"only in the corpus: {_chars(only_corpus)}")
-        if only_ckpt := sorted(set(saved) - set(vocab)):
-            differences.append(f"only in the checkpoint: {_chars(only_ckpt)}")
+        sides = {"corpus": set(vocab) - set(saved), "checkpoint": set(saved) - set(vocab)}
+        differences = [f"only in the {side}: {_chars(sorted(c))}" for side, c in sides.items() if c]
         raise CharRNNError(
             f"{path} was trained on another alphabet than {corpus} "
             f"({'; '.join(differences)}); continuing needs the same characters: train on text "

@@ -1,7 +1,5 @@
-"""The network itself (Embedding → GRU/LSTM → Linear), importable without Lightning.
-
-Generation and export need only this module; training wraps it in charrnn.model.CharLM.
-"""
+"""The network (Embedding → GRU/LSTM → Linear) without Lightning: generation and export need only
+this; training wraps it in charrnn.model.CharLM."""
 
 from __future__ import annotations
 

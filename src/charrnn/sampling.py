@@ -1,11 +1,8 @@
 """The one stateful sampler: shared by the training callback, the generate CLI and the export.
 
-A generation step reads each weight matrix once, with one matrix product per layer: the input
-side of layer 0 is a row of a table holding every vocabulary entry's projection, and each new
-hidden state is multiplied in one product by everything that reads it (its own next recurrent
-step, and the layer above or the output head). Sampling is a Gumbel-max argmax over noise drawn
-once per chunk of steps. The step (`StepNet`) is plain eager tensor ops, and the very same module
-is what `charrnn.run.export` saves (torch.export, ONNX), so generate.py and the files agree.
+A step reads each weight matrix once, one product per layer (StepNet); sampling is a Gumbel-max
+argmax over noise drawn per chunk of steps. The same eager StepNet is what `charrnn.run.export`
+saves (torch.export, ONNX), so generate.py and the exported files agree.
 """
 
 import math
@@ -19,8 +16,6 @@ from charrnn.fused_gru import bf16_matmul_supported
 from charrnn.vocab import Vocab
 
 CHUNK = 32  # steps per chunk: Gumbel noise is drawn and on_step called once per chunk
-
-
 SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # of the step's weights (see resolve_precision)
@@ -29,8 +24,7 @@ INT8_MM = torch.ops.aten._weight_int8pack_mm  # x [B, K] bf16, w [N, K] int8, sc
 
 def resolve_precision(value, target: str = "cpu") -> str:
     """`precision` as a step on `target` (a device type, or "onnx") runs it. auto: int8 where the
-    CPU has native bf16 (AVX-512-BF16, AMX), which feeds the int8 kernel fast and was measured
-    within 0.005 nats/char of fp32 (bench/generation_speed.py); fp32 elsewhere."""
+    CPU has native bf16 (fast, and within 0.005 nats/char of fp32 as measured), fp32 elsewhere."""
     allowed = PRECISIONS if target == "cpu" else PRECISIONS[:2]  # low precision: torch on CPU
     if value not in allowed:
         raise CharRNNError(
@@ -70,8 +64,7 @@ def clean_prompt(
 
 
 def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefix="") -> None:
-    """One-line errors, naming the option (`prefix` + its name), for every sampling option a user
-    can get wrong."""
+    """A one-line error naming the option (`prefix` + its name) for any bad sampling option."""
 
     def whole(value, key: str, low: int, high: float = math.inf) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -83,27 +76,20 @@ def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefi
     whole(length, "length", 1)
     whole(top_k, "top_k", 0, vocab.unk_id)
     whole(num_samples, "num_samples", 1)
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not 0 <= temperature < math.inf
-    ):
+    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not (number and 0 <= temperature < math.inf):
         raise CharRNNError(
             f"{prefix}temperature: {temperature!r} is not allowed; use a number >= 0 (0 = greedy)"
         )
 
 
 class StepNet(nn.Module):
-    """A CharRNN's weights laid out for generation; `forward` is one step for every row.
+    """A CharRNN's weights laid out for generation (no dropout); `forward` is one step for all rows.
 
-    Built from a trained CharRNN (eval semantics: no dropout). Layer 0's input side is a row of a
-    table of every character's projection; every new hidden state is multiplied once, by
-    everything that reads it: layer l's h goes through one product with [W_hh_l | W_ih_l+1] (the
-    top layer's with [W_hh | head]), giving its own recurrent part for the next step and the next
-    layer's input (or the logits) now. The recurrent parts are carried without b_hh (folded into
-    the input side; a GRU adds b_hn where r gates it), so the state at the start is all zeros.
-    Plain tensor ops, no Python state: the same module is what torch.export and ONNX save.
-    `precision` (fp32, bf16, int8) is that of the read weights; the table and state stay fp32.
+    Layer 0's input is a row of a per-character table; layer l's new h goes through one product
+    with [W_hh_l | W_ih_l+1] (the top layer's with [W_hh | head]): its next recurrent part and the
+    next layer's input (or the logits). b_hh is folded into the input side (a GRU keeps b_hn, which
+    r gates), so the state starts at zeros. `precision` is the read weights'; table and state: fp32.
     """
 
     def __init__(self, net: nn.Module, known: int, precision: str = "fp32"):
@@ -178,18 +164,15 @@ class StepNet(nn.Module):
                 n = torch.tanh(torch.addcmul(x_n, r, hh_n + getattr(self, f"b_hn{layer}")))
                 h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             out = self.product(layer, h)
-            new[layer], (new[-layers + layer], x) = (
-                h,
-                out.split([self.gates, out.shape[1] - self.gates], 1),
-            )
+            new[layer] = h
+            new[-layers + layer], x = out.split([self.gates, out.shape[1] - self.gates], 1)
         return x, new
 
     def forward(
         self, ids: Tensor, noise: Tensor | None, kth: Tensor | None, state: list[Tensor]
     ) -> tuple[Tensor, list[Tensor]]:
-        """Feeds ids [B]; returns the next ids [B] and the new state. `noise` [B, known] is
-        temperature * Gumbel noise (None: greedy); `kth` [1] the rank of the last character top-k
-        keeps (None: all)."""
+        """Feeds ids [B]; returns the next ids [B] and the new state. `noise` [B, known]: T * Gumbel
+        noise (None: greedy); `kth` [1]: the rank of the last character top-k keeps (None: all)."""
         x, new = self.logits(ids, state)
         if kth is not None:
             cut = x.sort(1, descending=True).values.index_select(1, kth)
@@ -198,11 +181,9 @@ class StepNet(nn.Module):
 
 
 def gumbel_noise(steps: int, rows: int, known: int, temperature: float, generators) -> Tensor:
-    """temperature * Gumbel noise [steps, rows, known] for a chunk: argmax(logits + noise) draws
-    from softmax(logits / T). One generator for all rows, or one per row (then a row's text does
-    not depend on the other rows). Small chunks take the log in pieces, which run serially (waking
-    threads costs more); the values are those of u.log().neg().log().neg() * T, as an exported
-    file's user writes it."""
+    """T * Gumbel noise [steps, rows, known]: argmax(logits + noise) draws from softmax(logits / T).
+    One generator, or one per row. Small chunks take the log in serial pieces (waking threads costs
+    more); the values are u.log().neg().log().neg() * T, as an exported file's user writes it."""
     if len(generators) == 1:
         u = torch.rand([steps, rows, known], generator=generators[0])
     else:
@@ -220,9 +201,8 @@ def seed_generator(seed: int) -> torch.Generator:
 
 
 class Sampler:
-    """Generates text from a CharRNN: the prompt fed one step at a time on one row, then every
-    row one character per step. `step` replaces the eager StepNet by a loaded export (which takes
-    every input: zero noise when greedy, kth = known - 1 for all)."""
+    """The prompt fed step by step on one row, then a character per step for every row. `step`: a
+    loaded export instead of StepNet (it takes every input: zero noise, kth = known - 1 for all)."""
 
     def __init__(self, net, vocab: Vocab, step=None, state_sizes=None, precision="fp32"):
         self.vocab, self.full = vocab, step is not None
@@ -242,12 +222,9 @@ class Sampler:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         on_step: Callable[[list[str]], None] | None = None,
     ) -> list[str]:
-        """Returns `num_samples` continuations of `prompt` (the prompt not included).
-
-        `generator` is one torch.Generator for the whole batch, or one per row (a row then gets
-        exactly the text it would get alone with that generator); None draws a seed from torch's
-        global generator. `on_step` gets each step's characters (one per row), chunk by chunk.
-        """
+        """`num_samples` continuations of `prompt`. `generator`: one for the batch, or one per row
+        (a row then gets the text it gets alone); None seeds one from torch's global generator.
+        `on_step` gets each step's characters (one per row), chunk by chunk."""
         clean_prompt(prompt, self.vocab)
         check_options(self.vocab, length, temperature, top_k, num_samples)
         if generator is None:
@@ -257,8 +234,7 @@ class Sampler:
             raise CharRNNError(
                 f"give one generator, or one per sample ({num_samples}), not {len(generators)}"
             )
-        known = self.vocab.unk_id
-        device, rows = self.device, num_samples
+        known, device, rows = self.vocab.unk_id, self.device, num_samples
         ids = torch.as_tensor(self.vocab.encode(prompt), dtype=torch.long, device=device)
         state = [torch.zeros(1, n, device=device) for n in self.state_sizes]
         kth = torch.tensor([(top_k or known) - 1], device=device)

@@ -10,9 +10,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 
 class WarmupCosine(LRScheduler):
-    """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio` × the base lr.
-    Progress is the larger of steps / `total_steps` and the used fraction of a wall-time budget
-    (`time_fraction`, from the Trainer's `max_time`), so the schedule ends with the budget."""
+    """Linear warm-up, then cosine decay to `min_lr_ratio` × lr. Progress: the larger of steps /
+    `total_steps` and the used fraction of `max_time` (`time_fraction`): it ends with the budget."""
 
     def __init__(
         self,

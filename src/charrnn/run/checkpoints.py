@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import textwrap
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +132,7 @@ def load(path: str | Path) -> Trained:
         net = CharRNN(vocab.size, **hparams["model"])
         net.load_state_dict(weights)
     except (CharRNNError, TypeError, KeyError, RuntimeError) as err:
-        reason = " ".join(str(err).split())  # torch's state_dict report spans several lines
-        reason = reason if len(reason) <= 240 else reason[:240] + "..."
+        reason = textwrap.shorten(str(err), 240, placeholder="...")  # torch's spans many lines
         raise CharRNNError(
             f"ckpt: {path} does not hold a model this charrnn can rebuild ({reason})"
         ) from None

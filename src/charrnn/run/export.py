@@ -29,13 +29,6 @@ def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
     return (*args, state), ({0: rows}, {0: rows}, None, [{0: rows}] * len(state))
 
 
-def step_program(sampler: Sampler) -> torch.export.ExportedProgram:
-    """The sampler's step as a graph whose number of rows is free."""
-    args, dynamic = step_inputs(sampler)
-    with torch.no_grad():
-        return torch.export.export(sampler.step, args, dynamic_shapes=dynamic)
-
-
 def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, greedy_only=False):
     """Raises unless the written file kept `meta` (read back as the string `found`) and its `step`
     generates what `sampler` generates."""
@@ -51,8 +44,11 @@ def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, gree
 
 def save_pt2(sampler: Sampler, out: Path, meta: dict) -> None:
     """A torch.export archive; reloaded from `out` and checked."""
+    args, dynamic = step_inputs(sampler)
+    with torch.no_grad():  # a graph whose number of rows is free
+        program = torch.export.export(sampler.step, args, dynamic_shapes=dynamic)
     buffer = io.BytesIO()  # (through bytes: torch.export warns on a name not ending in .pt2)
-    torch.export.save(step_program(sampler), buffer, extra_files={META: json.dumps(meta)})
+    torch.export.save(program, buffer, extra_files={META: json.dumps(meta)})
     out.write_bytes(buffer.getvalue())
     extra = {META: ""}
     step = torch.export.load(io.BytesIO(out.read_bytes()), extra_files=extra).module()
@@ -69,18 +65,14 @@ WRITERS = {".pt2": save_pt2, ".onnx": save_onnx}  # out's suffix -> how it is wr
 LOADERS = {".pt2": "torch.export.load", ".onnx": "onnxruntime.InferenceSession"}
 
 
-def _check_out(value) -> Path:
-    if not isinstance(value, str) or Path(value).suffix not in WRITERS:
-        raise CharRNNError(
-            f"out: {value!r} is not allowed; give a file name ending in .pt2 (torch.export) "
-            "or .onnx (onnxruntime)"
-        )
-    return Path(value).expanduser()
-
-
 def export(cfg: DictConfig) -> Path:
     """Runs the command: checkpoint → step-function file, verified before it lands."""
-    out = _check_out(cfg.out)
+    if not isinstance(cfg.out, str) or Path(cfg.out).suffix not in WRITERS:
+        raise CharRNNError(
+            f"out: {cfg.out!r} is not allowed; give a file name ending in .pt2 (torch.export) "
+            "or .onnx (onnxruntime)"
+        )
+    out = Path(cfg.out).expanduser()
     precision = resolve_precision(cfg.precision, "onnx" if out.suffix == ".onnx" else "cpu")
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)

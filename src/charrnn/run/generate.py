@@ -90,8 +90,7 @@ def generate(cfg: DictConfig) -> list[str]:
     stream = cfg.num_samples == 1  # one sample streams; a batch is printed whole
 
     def show(chars: list[str]) -> None:
-        sys.stdout.write(chars[0])
-        sys.stdout.flush()
+        print(chars[0], end="", flush=True)
 
     if stream:
         sys.stdout.write(prompt)

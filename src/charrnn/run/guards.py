@@ -24,10 +24,8 @@ METRICS = "logged_metrics"  # ResumeState's copy of trainer.callback_metrics in 
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints through write_atomically and read_checkpoint (weights_only=True always).
-
-    Lightning 2.6 writes a temp file in the system temp dir and moves it: a copy, not an atomic
-    rename, across filesystems, and the temp file stays behind on a kill."""
+    """Checkpoints through write_atomically and read_checkpoint (weights_only=True). Lightning 2.6
+    moves a temp file from the system temp dir: a copy across filesystems, left behind on a kill."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
@@ -45,9 +43,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumeState(L.Callback):
-    """Stores what Lightning does not: the overrides (replayed by resume=), the torch random state
-    (dropout's) and the logged metrics. On resume it redoes what Lightning leaves out: the scheduler
-    steps of a checkpoint taken at an epoch's end, and a changed `optimizer.lr`."""
+    """Stores what Lightning does not (overrides for resume=, dropout's random state, metrics); on
+    resume, redoes what it leaves out: an epoch end's scheduler steps, a changed `optimizer.lr`."""
 
     state_key = RECORD  # where charrnn.run.resume.recorded_overrides finds it
 
@@ -81,12 +78,19 @@ class ResumeState(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._step_skipped_schedulers(trainer)
-        self._apply_new_lr(trainer, pl_module)
+        lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
+        if self._saved_lr is None or lr is None or lr == self._saved_lr:
+            return
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+        log.info("optimizer.lr %g replaces the checkpoint's %g", lr, self._saved_lr)
 
     def _step_skipped_schedulers(self, trainer) -> None:
-        """From a checkpoint written at an epoch's end, before its scheduler steps: every epoch
-        scheduler when the epoch counts as finished, ReduceLROnPlateau alone (with the recorded
-        val/loss) when Lightning replays the epoch's end."""
+        """After a checkpoint from an epoch's end, before its scheduler steps: every epoch scheduler
+        if the epoch counts as done, else ReduceLROnPlateau alone (with the saved val/loss)."""
         loop = trainer.fit_loop
         if not (loop.resumed_on_epoch_end or loop.restarted_on_epoch_end):
             return
@@ -101,22 +105,10 @@ class ResumeState(L.Callback):
             elif loop.resumed_on_epoch_end:
                 config.scheduler.step()
 
-    def _apply_new_lr(self, trainer, pl_module) -> None:
-        lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
-        if self._saved_lr is None or lr is None or lr == self._saved_lr:
-            return
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                if "initial_lr" in group:
-                    group["initial_lr"] = lr
-        log.info("optimizer.lr %g replaces the checkpoint's %g", lr, self._saved_lr)
-
 
 class LastCheckpoint(Checkpoint):
-    """`<dirpath>/last.ckpt`, what resume= reads: at every epoch's end, every
-    `every_n_train_steps` steps and when GracefulStop asks. Not ModelCheckpoint(save_last=True):
-    Lightning 2.6.6 writes last.ckpt at an epoch's end only along with a new top-k checkpoint."""
+    """`<dirpath>/last.ckpt` (resume= reads it) at epoch ends, every `every_n_train_steps` and when
+    GracefulStop asks. Not save_last=True: Lightning 2.6.6 writes it only with a new top-k one."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
         self.path = Path(dirpath) / LAST
@@ -153,11 +145,9 @@ class TrainingStopped(Exception):
 
 
 class GracefulStop(L.Callback):
-    """Ctrl-C or SIGTERM: finish the batch, write last.ckpt, stop (exit 130 / 143).
-
-    Lightning's SIGTERM handler stops without saving and its Ctrl-C stops mid-batch with exit code
-    1 (OnExceptionCheckpoint would save half-stepped states). So during training both only set a
-    flag acted on at the batch's end; a second Ctrl-C aborts at once, unsaved."""
+    """Ctrl-C or SIGTERM: finish the batch, write last.ckpt, stop (exit 130 / 143). Lightning's
+    SIGTERM stops unsaved, its Ctrl-C mid-batch with exit 1 (OnExceptionCheckpoint would save
+    half-stepped states); here both set a flag for the batch's end. A second Ctrl-C aborts."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -201,7 +191,7 @@ class GracefulStop(L.Callback):
 
 
 def _all_finite(tensors) -> bool:
-    tensors = [t for t in tensors if t is not None]
+    tensors = [t for t in tensors if t is not None]  # one check for all: one device sync
     return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 

@@ -1,6 +1,5 @@
-"""`resume=last | <run dir> | <last.ckpt>`: continue a run in its own dir with its own overrides
-(recorded in the checkpoint by ResumeState): src/train.py rewrites its command line before Hydra
-starts. Needs torch but not Lightning."""
+"""`resume=last | <run dir> | <last.ckpt>`: src/train.py rewrites its command line, before Hydra
+starts, to continue that run in its dir with its recorded overrides. Needs torch, not Lightning."""
 
 from __future__ import annotations
 
@@ -69,9 +68,8 @@ def merge_overrides(first: list[str], then: list[str]) -> list[str]:
 
 
 def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
-    """`train.py resume=X [overrides]` as the command that continues run X in place: its recorded
-    overrides (new ones win), its last.ckpt, hydra.run.dir = its dir; Hydra's record of this
-    invocation goes to <run>/.hydra/resume-<time>/, the original .hydra files left as they were."""
+    """`train.py resume=X [overrides]` as the command continuing run X in place: its overrides (new
+    ones win), its last.ckpt, its dir; Hydra's record goes to <run>/.hydra/resume-<time>/."""
     args = argv[1:]
     values = [a.split("=", 1)[1] for a in args if override_key(a) == "resume" and "=" in a]
     if not values or values[-1] in ("", "null", "none", "None"):

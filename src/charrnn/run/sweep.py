@@ -1,7 +1,5 @@
-"""Each run's result.json and the end-of-sweep summary, one row per job, best first.
-
-Each job's own process fills in its result.json, so the summary works the same with every launcher
-and the Optuna sweeper; the launching process only collects the files (no torch/Lightning here)."""
+"""Each run's result.json, filled in by the job's own process (so every launcher and the Optuna
+sweeper work alike), and the sweep's summary, best first (collected: no torch/Lightning here)."""
 
 from __future__ import annotations
 
@@ -162,17 +160,12 @@ def write_summary(rows: list[dict], sweep_dir: Path) -> str:
     """summary.csv (every value as recorded) and summary.md (the table, returned for printing)."""
     lists = [set(row.get("overrides") or []) for row in rows]
     common = set.intersection(*lists) if len(lists) > 1 else set()
+    shown = set().union(*lists) - common
+    cells = [[_markdown_cell(row, key, sweep_dir, shown) for key, _ in COLUMNS] for row in rows]
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join("---:" if key in _NUMERIC else "---" for key, _ in COLUMNS) + "|",
-        *(
-            "| "
-            + " | ".join(
-                _markdown_cell(row, k, sweep_dir, set().union(*lists) - common) for k, _ in COLUMNS
-            )
-            + " |"
-            for row in rows
-        ),
+        *("| " + " | ".join(row_cells) + " |" for row_cells in cells),
     ]
     if common:
         lines += ["", "Common to every job: `" + " ".join(sorted(common)) + "`"]
