@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check, number, whole
 from charrnn.fused_gru import bf16_matmul_supported
 from charrnn.vocab import Vocab
 
@@ -65,22 +65,21 @@ def clean_prompt(
 
 def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefix="") -> None:
     """A one-line error naming the option (`prefix` + its name) for any bad sampling option."""
-
-    def whole(value, key: str, low: int, high: float = math.inf) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            upto = f" and <= {high} (the vocabulary size)" if high < math.inf else ""
-            raise CharRNNError(
-                f"{prefix}{key}: {value!r} is not allowed; use a whole number >= {low}{upto}"
-            )
-
-    whole(length, "length", 1)
-    whole(top_k, "top_k", 0, vocab.unk_id)
-    whole(num_samples, "num_samples", 1)
-    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-    if not (number and 0 <= temperature < math.inf):
-        raise CharRNNError(
-            f"{prefix}temperature: {temperature!r} is not allowed; use a number >= 0 (0 = greedy)"
-        )
+    positive, top = ((lambda v: whole(v) and v >= 1), "use a whole number >= 1"), vocab.unk_id
+    rules = {
+        "length": positive,
+        "top_k": (
+            (lambda v: whole(v) and 0 <= v <= top),
+            f"use a whole number >= 0 and <= {top} (the vocabulary size)",
+        ),
+        "num_samples": positive,
+        "temperature": (
+            (lambda v: number(v) and 0 <= v < math.inf),
+            "use a number >= 0 (0 = greedy)",
+        ),
+    }
+    given = {"length": length, "top_k": top_k, "num_samples": num_samples}
+    check({**given, "temperature": temperature}.get, rules, prefix)
 
 
 class StepNet(nn.Module):

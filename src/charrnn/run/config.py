@@ -10,7 +10,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import check, number, one_of, whole
 
 # every value Lightning 2.6's Trainer accepts (ints and their strings too)
 PRECISIONS = (  # auto is ours (charrnn.run.train.choose_precision)
@@ -21,32 +21,20 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 FLOAT32_MAX = 3.4028234663852886e38  # an optimizer.lr beyond it overflows inside the step
 
 
-def _whole(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _codec(name) -> bool:
     with contextlib.suppress(LookupError, TypeError):
         return codecs.lookup(name)._is_text_encoding
     return False
 
 
-def _one_of(choices) -> tuple:
-    return (lambda v: str(v) in choices), f"choose one of {', '.join(choices)}"
-
-
-POSITIVE = (lambda v: _whole(v) and v > 0), "use a whole number > 0"
-PROBABILITY = (lambda v: _number(v) and 0 <= v < 1), "use a probability in [0, 1)"
+POSITIVE = (lambda v: whole(v) and v > 0), "use a whole number > 0"
+PROBABILITY = (lambda v: number(v) and 0 <= v < 1), "use a probability in [0, 1)"
 RULES = {  # key -> (test, what to use instead); a missing optional key reads as None
     **{f"model.{k}": POSITIVE for k in ("embedding_dim", "rnn_units", "num_layers")},
     **{f"model.{k}": PROBABILITY for k in ("dropout", "emb_dropout", "out_dropout")},
     **{f"data.{k}": POSITIVE for k in ("seq_length", "batch_size", "val_streams")},
     "data.val_frac": (
-        (lambda v: _number(v) and 0 < v < 1),
+        (lambda v: number(v) and 0 < v < 1),
         "use a fraction strictly between 0 and 1",
     ),
     "data.sha256": (
@@ -55,27 +43,27 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
     ),
     "data.encoding": (_codec, "use a text encoding Python knows, e.g. utf-8, latin-1 or cp1252"),
     "data.separator": ((lambda v: isinstance(v, str)), "use a string (a blank line: '\\n\\n')"),
-    "data.download_timeout": ((lambda v: _number(v) and v > 0), "use a number of seconds > 0"),
-    "trainer.precision": _one_of(PRECISIONS),
-    "trainer.accelerator": _one_of(ACCELERATORS),
+    "data.download_timeout": ((lambda v: number(v) and v > 0), "use a number of seconds > 0"),
+    "trainer.precision": one_of(PRECISIONS),
+    "trainer.accelerator": one_of(ACCELERATORS),
     "trainer.max_epochs": (
-        (lambda v: v is None or (_whole(v) and (v > 0 or v == -1))),
+        (lambda v: v is None or (whole(v) and (v > 0 or v == -1))),
         "use a whole number > 0 (or -1 for no limit)",
     ),
     "trainer.gradient_clip_val": (
-        (lambda v: v is None or (_number(v) and v > 0)),
+        (lambda v: v is None or (number(v) and v > 0)),
         "use a number > 0, or null for no clipping",
     ),
     "optimizer.lr": (
-        (lambda v: _number(v) and 0 < v < FLOAT32_MAX),
+        (lambda v: number(v) and 0 < v < FLOAT32_MAX),
         "use a number > 0 (and below 3.4e38, the largest float32)",
     ),
     "threads": (
-        (lambda v: v is None or (_whole(v) and v > 0)),
+        (lambda v: v is None or (whole(v) and v > 0)),
         "use a whole number > 0, or null for all cores",
     ),
     "callbacks.last_checkpoint.every_n_train_steps": (
-        (lambda v: v is None or (_whole(v) and v > 0)),
+        (lambda v: v is None or (whole(v) and v > 0)),
         "use a whole number > 0, or null to write last.ckpt at epoch ends only",
     ),
     "ckpt_path": ((lambda v: v is None or isinstance(v, str)), "use a path (or null)"),
@@ -90,11 +78,8 @@ def validate_train(cfg: DictConfig) -> None:
     cell = cfg.model.cell
     impls = IMPLS if cell == "gru" else tuple(i for i in IMPLS if i != "fused")
     impl = (lambda v: v in impls), f"choose one of {', '.join(impls)} for model.cell={cell}"
-    rules = {"model.cell": _one_of(tuple(RNN_LAYERS)), "model.impl": impl, **RULES}
-    for key, (ok, allowed) in rules.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if not ok(value):
-            raise CharRNNError(f"{key}: {value!r} is not allowed; {allowed}")
+    rules = {"model.cell": one_of(tuple(RNN_LAYERS)), "model.impl": impl, **RULES}
+    check(lambda key: OmegaConf.select(cfg, key, default=None), rules)
 
 
 def machine_cores() -> int:

@@ -9,7 +9,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check, one_of, whole
 from charrnn.files import write_atomically
 from charrnn.run.checkpoints import load, resolve
 from charrnn.sampling import (
@@ -21,19 +21,11 @@ from charrnn.sampling import (
     seed_generator,
 )
 
-
-def validate_generate(cfg: DictConfig) -> None:
-    """The command's own options; the sampling options are the sampler's to check."""
-    seed = cfg.seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise CharRNNError(f"seed: {seed!r} is not allowed; use a whole number >= 0, or null")
-    if cfg.unknown_chars not in UNKNOWN_CHARS:
-        raise CharRNNError(
-            f"unknown_chars: {cfg.unknown_chars!r} is not allowed; choose one of "
-            f"{', '.join(UNKNOWN_CHARS)}"
-        )
-    if not isinstance(cfg.replace_with, str) or len(cfg.replace_with) != 1:
-        raise CharRNNError(f"replace_with: {cfg.replace_with!r} is not allowed; use one character")
+RULES = {  # the command's own options; the sampling options are the sampler's to check
+    "seed": ((lambda v: v is None or (whole(v) and v >= 0)), "use a whole number >= 0, or null"),
+    "unknown_chars": one_of(UNKNOWN_CHARS),
+    "replace_with": ((lambda v: isinstance(v, str) and len(v) == 1), "use one character"),
+}
 
 
 def read_prompt(cfg: DictConfig) -> str:
@@ -72,7 +64,7 @@ def pick_device(name: str) -> torch.device:
 
 def generate(cfg: DictConfig) -> list[str]:
     """Runs the command; returns the samples, prompt included."""
-    validate_generate(cfg)
+    check(cfg.get, RULES)
     device = pick_device(cfg.device)
     typed = read_prompt(cfg)
     precision = resolve_precision(cfg.precision, device.type)
