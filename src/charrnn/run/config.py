@@ -148,5 +148,26 @@ def quote_free_text(argv: list[str]) -> list[str]:
     return [argv[0], *map(as_typed, argv[1:])]
 
 
+def run_command_line(name: str, command: str) -> None:
+    """`python src/<name>.py key=value ...`: free text quoted for Hydra, conf/<name>.yaml composed,
+    then `command` ("module:function") imported, so torch loads only after the arguments parse."""
+    import importlib
+    import sys
+
+    import hydra
+
+    from charrnn.errors import run_command
+
+    sys.argv = quote_free_text(sys.argv)
+    module, function = command.split(":")
+    conf = os.path.join(os.path.dirname(__file__), "..", "..", "..", "conf")
+
+    @hydra.main(version_base="1.3", config_path=os.path.abspath(conf), config_name=name)
+    def main(cfg: DictConfig) -> None:
+        run_command(getattr(importlib.import_module(module), function), cfg)
+
+    main()
+
+
 OmegaConf.register_new_resolver("cores_per_job", cores_per_job, replace=True)
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
