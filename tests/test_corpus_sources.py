@@ -3,13 +3,16 @@ cache; each bad input's one line; prompts in any script, typed or read from a fi
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, error_line, make_text, run_cli, train_config
+from conftest import CONF, TINY, error_line, make_text, run_cli, train_config
+from hydra import compose, initialize_config_dir
 from test_bad_input import _checkpoint
 
 import charrnn.corpus as corpus
@@ -17,7 +20,8 @@ import charrnn.files as files
 from charrnn.corpus import corpus_files, encode_corpus, ids_cache_path
 from charrnn.data import CharDataModule
 from charrnn.errors import CharRNNError
-from charrnn.run.config import validate_train
+from charrnn.run.config import quote_free_text, validate_train
+from charrnn.run.generate import read_prompt
 
 TEXTS = [make_text(3000, seed=1), "ÉCOLE: café, coração, αβ 中 😀\n" * 40, make_text(2000, seed=2)]
 
@@ -183,10 +187,11 @@ def _generate(cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_a_prompt_in_any_script_works_as_typed(any_script, prompt):
-    result = _generate(any_script, f"prompt={prompt}")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(prompt) and len(result.stdout) == len(prompt) + 21
+def test_a_prompt_in_any_script_is_read_as_typed(prompt):
+    """What each entry point hands Hydra (quote_free_text) composes to the prompt as typed."""
+    argv = quote_free_text(["generate.py", f"prompt={prompt}"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        assert compose("generate", overrides=argv[1:]).prompt == prompt
 
 
 def test_the_sampling_callbacks_prompt_is_taken_as_typed_too(tmp_path):
@@ -205,16 +210,25 @@ def test_prompt_file_from_a_file_and_from_stdin_equals_the_typed_prompt(any_scri
 
 
 @pytest.mark.parametrize(
-    "args,needle",
+    "source,needle",
     [
-        (["prompt_file=nope.txt"], "prompt_file: can't read nope.txt (No such file"),
-        (["prompt_file=bad.txt"], "can't read bad.txt (not UTF-8 text: byte 3)"),
-        (["prompt_file=prompt.txt", "prompt=hi"], "prompt_file: give prompt= or prompt_file="),
-        (["prompt_file=-"], "prompt_file: standard input is empty"),
+        ("nope.txt", "prompt_file: can't read nope.txt (No such file"),
+        ("bad.txt", "can't read bad.txt (not UTF-8 text: byte 3)"),
+        ("-", "prompt_file: standard input is empty"),
     ],
 )
-def test_a_bad_prompt_file_is_one_line(any_script, args, needle):
+def test_a_bad_prompt_file_is_one_line(any_script, monkeypatch, source, needle):
     (any_script / "bad.txt").write_bytes(b"caf\xe9")
+    monkeypatch.chdir(any_script)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("generate", overrides=[f"prompt_file={source}"])
+    with pytest.raises(CharRNNError, match=re.escape(needle)) as err:
+        read_prompt(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_prompt_file_and_a_typed_prompt_is_one_line(any_script):
     (any_script / "prompt.txt").write_text("hi", encoding="utf-8")
-    line = error_line(_generate(any_script, *args, stdin=""))
-    assert line.startswith("error: ") and needle in line, line
+    line = error_line(_generate(any_script, "prompt_file=prompt.txt", "prompt=hi"))
+    assert "prompt_file: give prompt= or prompt_file=" in line, line
