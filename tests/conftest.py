@@ -71,6 +71,29 @@ def train_config(run_dir: Path, *overrides: str) -> DictConfig:
     return cfg
 
 
+def untrained_checkpoint(vocab: str) -> dict:
+    """A charrnn checkpoint's contents (weights, hparams, training state) for a tiny GRU."""
+    import lightning
+
+    from charrnn.model import CharLM
+
+    model = {"cell": "gru", "embedding_dim": 16, "rnn_units": 32, "num_layers": 1}
+    module = CharLM(
+        vocab=vocab,
+        model={**model, "dropout": 0.0, "emb_dropout": 0.0, "out_dropout": 0.0},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
+    return {
+        "pytorch-lightning_version": lightning.__version__,
+        "epoch": 0,
+        "global_step": 5,
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "optimizer_states": [],
+        "loops": {},
+    }
+
+
 TINY = ("size=tiny", "data.seq_length=20", "data.batch_size=16", "data.val_streams=4")
 
 

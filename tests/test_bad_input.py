@@ -12,52 +12,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
-from conftest import TINY, error_line, make_text, run_cli, train_config
+from conftest import TINY, error_line, make_text, run_cli, train_config, untrained_checkpoint
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CharLM
 from charrnn.run.resume import resume_argv
 from charrnn.run.train import train
 from charrnn.sampling import check_options, clean_prompt
 from charrnn.vocab import Vocab
-
-TINY_MODEL = {
-    "cell": "gru",
-    "embedding_dim": 16,
-    "rnn_units": 32,
-    "num_layers": 1,
-    "dropout": 0.0,
-    "emb_dropout": 0.0,
-    "out_dropout": 0.0,
-}
-
 
 # ---------------------------------------------------------------------------------- the inputs
 
 
 class Custom:
     """A class of our own: pickled into a checkpoint, it must be refused, never unpickled."""
-
-
-def _checkpoint(vocab: str) -> dict:
-    """A charrnn checkpoint's contents (weights, hparams, training state) for a tiny GRU."""
-    module = CharLM(
-        vocab=vocab,
-        model=TINY_MODEL,
-        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-    )
-    return {
-        "pytorch-lightning_version": lightning.__version__,
-        "epoch": 0,
-        "global_step": 5,
-        "state_dict": module.state_dict(),
-        "hyper_parameters": dict(module.hparams),
-        "optimizer_states": [],
-        "loops": {},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +40,9 @@ def inputs(tmp_path_factory) -> Path:
     (d / "latin1.txt").write_bytes(b"ROMEO:\nCaf\xe9 au lait.\n" * 40)  # \xe9 at byte offset 10
     vocab = "".join(sorted(set(text)))
     other = "".join(sorted(set(vocab.replace("?", "").replace("K", "") + "QZ")))
-    torch.save(_checkpoint(vocab), d / "good.ckpt")
-    torch.save(_checkpoint(other), d / "other_vocab.ckpt")
-    torch.save({**_checkpoint(vocab), "extra": Custom()}, d / "pickled.ckpt")
+    torch.save(untrained_checkpoint(vocab), d / "good.ckpt")
+    torch.save(untrained_checkpoint(other), d / "other_vocab.ckpt")
+    torch.save({**untrained_checkpoint(vocab), "extra": Custom()}, d / "pickled.ckpt")
     good = (d / "good.ckpt").read_bytes()
     (d / "truncated.ckpt").write_bytes(good[: len(good) // 2])
     (d / "notes.ckpt").write_text("not a checkpoint\n", encoding="utf-8")

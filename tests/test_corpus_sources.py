@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONF, TINY, error_line, make_text, run_cli, train_config
+from conftest import CONF, TINY, error_line, make_text, run_cli, train_config, untrained_checkpoint
 from hydra import compose, initialize_config_dir
-from test_bad_input import _checkpoint
 
 import charrnn.corpus as corpus
 import charrnn.files as files
@@ -177,7 +176,8 @@ def any_script(tmp_path_factory) -> Path:
     """A folder with an untrained checkpoint whose vocabulary covers PROMPTS."""
     root = tmp_path_factory.mktemp("any_script")
     torch.save(
-        _checkpoint("".join(sorted(set(make_text(2000) + "".join(PROMPTS))))), root / "m.ckpt"
+        untrained_checkpoint("".join(sorted(set(make_text(2000) + "".join(PROMPTS))))),
+        root / "m.ckpt",
     )
     return root
 
