@@ -88,12 +88,19 @@ def test_datamodule_batches_and_validation_covers_the_val_text_once(corpus: Path
     assert module.vocab.chars == "".join(sorted(set(text)))
     x, y = next(iter(module.train_dataloader()))
     assert x.shape == y.shape == (8, 20)
-    val_targets = torch.cat([y for _, y in module.val_dataloader()], dim=1)
-    val_targets = val_targets[val_targets >= 0]
-    assert len(val_targets) == len(module.val_ids) == len(text) - int(len(text) * 0.9)
-    assert module.vocab.decode(val_targets.sort().values) == "".join(
-        sorted(text[int(len(text) * 0.9) :])
-    )
+    streams, windows = module.val_dataloader()  # state carried; each window from a zero state
+    val_text = text[int(len(text) * 0.9) :]
+    for loader, join in ((streams, 1), (windows, 0)):
+        val_targets = torch.cat([y for _, y in loader], dim=join)
+        val_targets = val_targets[val_targets >= 0]
+        assert len(val_targets) == len(module.val_ids) == len(val_text)
+        assert module.vocab.decode(val_targets.sort().values) == "".join(sorted(val_text))
+    # the windows tile the val text in order: 256 targets each (the last padded), 8 per batch
+    batches = list(windows)
+    assert all(x.shape == y.shape == (8, 256) for x, y in batches[:-1])
+    targets = torch.cat([y for _, y in batches]).flatten()
+    assert module.vocab.decode(targets[targets >= 0]) == val_text
+    assert _module(corpus, val_window=None).val_dataloader()[1:] == []
 
 
 def test_stateful_training_reads_batch_size_contiguous_streams(corpus: Path):

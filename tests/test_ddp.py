@@ -56,5 +56,5 @@ def test_ddp_trains_on_two_processes_and_rank_zero_writes_one_best_checkpoint(tm
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
-    (metrics,) = trainer.validate(module, datamodule=whole, verbose=False)
+    metrics = trainer.validate(module, datamodule=whole, verbose=False)[0]
     assert abs(metrics["val/loss"] - record["val_loss_best"]) < 1e-5

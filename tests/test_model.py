@@ -2,9 +2,12 @@
 
 import math
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
+from charrnn.data import CharDataModule
 from charrnn.model import CharLM, detach_hidden
 from charrnn.net import CharRNN
 
@@ -67,3 +70,26 @@ def test_checkpointed_hyperparameters_are_plain_types():
 
     assert check(dict(module.hparams))  # so torch.load(..., weights_only=True) can read them
     assert module.hparams.vocab == VOCAB
+
+
+def test_val_loss_w256_scores_every_window_from_a_zero_state(corpus):
+    """val/loss_w<width>: the mean over the val text's windows, each from a zero state; val/loss
+    (state carried) is a different number over the same characters."""
+    data = CharDataModule(path=str(corpus), seq_length=20, batch_size=8, val_window=64)
+    data.setup("fit")
+    torch.manual_seed(0)
+    module = CharLM(vocab=data.vocab.chars, model=_module().hparams.model, optimizer={})
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+    total = count = 0
+    with torch.no_grad():
+        module.eval()
+        for x, y in data.val_dataloader()[1]:
+            logits, _ = module.net(x)  # a zero state for every window
+            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += int((y >= 0).sum())
+    assert count == len(data.val_ids)
+    assert abs(metrics["val/loss_w64"] - total / count) < 1e-5
+    assert abs(metrics["val/loss_w64"] - metrics["val/loss"]) > 1e-4

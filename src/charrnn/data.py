@@ -107,10 +107,31 @@ class StreamBatches(Dataset):
         offset, k = item
         cols = np.arange(k * self.seq_length, min((k + 1) * self.seq_length, self.length) + 1)
         pos = offset + np.arange(self.rank, self.rows, self.world)[:, None] * self.length + cols
-        block = self.ids[np.minimum(pos, len(self.ids) - 1)].astype(np.int64)
-        targets = block[:, 1:].copy()
-        targets[pos[:, 1:] >= len(self.ids)] = -100
-        return torch.from_numpy(block[:, :-1]), torch.from_numpy(targets)
+        return _inputs_targets(self.ids, pos)
+
+
+def _inputs_targets(ids: np.ndarray, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids at positions pos [rows, T + 1] as inputs and targets; targets past the end: -100."""
+    block = ids[np.minimum(pos, len(ids) - 1)].astype(np.int64)
+    targets = block[:, 1:].copy()
+    targets[pos[:, 1:] >= len(ids)] = -100
+    return torch.from_numpy(block[:, :-1]), torch.from_numpy(targets)
+
+
+class ZeroStateWindows(Dataset):
+    """The text as non-overlapping windows of `width` targets, `rows` per batch, each to be scored
+    from a zero state: nanoGPT's estimate_loss made deterministic (every character once)."""
+
+    def __init__(self, ids: np.ndarray, width: int, rows: int, rank=0, world=1):
+        self.ids, self.width = ids, width
+        starts = np.arange(0, len(ids) - 1, width)[rank::world]
+        self.batches = [starts[i : i + rows] for i in range(0, len(starts), rows)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _inputs_targets(self.ids, self.batches[k][:, None] + np.arange(self.width + 1))
 
 
 class StreamOrder(EpochOrder):
@@ -164,6 +185,7 @@ class CharDataModule(L.LightningDataModule):
         seq_length: int = 100,
         batch_size: int = 64,
         val_streams: int = 16,
+        val_window: int | None = 256,
         stateful: bool = False,
         shift_windows: bool = True,
         num_workers: int = 0,
@@ -223,11 +245,17 @@ class CharDataModule(L.LightningDataModule):
             sampler = ShuffledWindows(dataset, h.batch_size, h.shift_windows, rank, world, h.seed)
         return _loader(dataset, sampler, ResumableLoader, num_workers=h.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> list[DataLoader]:
+        """The val text as streams with the state carried (val/loss) and, with data.val_window, as
+        windows each from a zero state (val/loss_w<width>)."""
         rank, world = self._rank_world()
         h = self.hparams
         streams = StreamBatches(self.val_text, h.val_streams * world, h.seq_length, rank, world)
-        return _loader(streams, StreamOrder(streams, False))
+        loaders = [_loader(streams, StreamOrder(streams, False))]
+        if h.get("val_window"):
+            windows = ZeroStateWindows(self.val_text, h.val_window, h.batch_size, rank, world)
+            loaders.append(_loader(windows, range(len(windows))))
+        return loaders
 
 
 def _loader(dataset, sampler, kind=DataLoader, **options) -> DataLoader:

@@ -78,25 +78,35 @@ class CharLM(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_hidden = None
-        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._val_count = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._val_hidden = None  # per dataloader: [loss sum, target count]
+        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
+        self._val_sums = [[zeros(torch.float64), zeros(torch.int64)] for _ in range(2)]
 
-    def validation_step(self, batch, batch_idx):
-        hidden = self._val_hidden if _matches(self._val_hidden, batch[0].shape[0]) else None
-        loss_sum, count, self._val_hidden = self._loss_sum(batch, hidden)
-        self._val_sum += loss_sum.double()
-        self._val_count += count
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        """Loader 0 carries the state across its windows; loader 1's windows start at zero."""
+        carried = None if dataloader_idx else self._val_hidden
+        loss_sum, count, hidden = self._loss_sum(
+            batch, carried if _matches(carried, len(batch[0])) else None
+        )
+        if not dataloader_idx:
+            self._val_hidden = hidden
+        self._val_sums[dataloader_idx][0] += loss_sum.double()
+        self._val_sums[dataloader_idx][1] += count
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return  # a couple of batches is not the validation score
-        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
-        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        reduce = self.trainer.strategy.reduce
+        (total, count), (w_total, w_count) = [
+            [reduce(v, reduce_op="sum") for v in s] for s in self._val_sums
+        ]
         loss = (total / count).item()
         bpc, best = loss / math.log(2), min(self.best_val_loss, loss)
         self.best_val_loss = best
         self.log_dict({"val/loss": loss, "val/bpc": bpc, "val/loss_best": best}, prog_bar=True)
+        if w_count > 0:  # nanoGPT's protocol (each window from a zero state): compare with it here
+            width = getattr(self.trainer.datamodule, "hparams", {}).get("val_window", "")
+            self.log(f"val/loss_w{width}", (w_total / w_count).item())
         if self.trainer.is_global_zero:
             at = "epoch %d step %d: val/loss %.4f (%.3f bpc), best %.4f"
             log.info(at, self.current_epoch, self.global_step, loss, bpc, best)

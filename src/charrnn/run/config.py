@@ -43,6 +43,10 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
     ),
     "data.encoding": (_codec, "use a text encoding Python knows, e.g. utf-8, latin-1 or cp1252"),
     "data.separator": ((lambda v: isinstance(v, str)), "use a string (a blank line: '\\n\\n')"),
+    "data.val_window": (
+        (lambda v: v is None or (whole(v) and v > 0)),
+        "use a whole number of characters > 0, or null for no zero-state windows",
+    ),
     "data.download_timeout": ((lambda v: number(v) and v > 0), "use a number of seconds > 0"),
     "trainer.precision": one_of(PRECISIONS),
     "trainer.accelerator": one_of(ACCELERATORS),
