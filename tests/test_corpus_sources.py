@@ -89,8 +89,12 @@ def test_the_memory_mapped_ids_give_the_same_batches_as_ids_in_memory(books, tmp
     for stateful, module in mapped.items():
         in_memory = _datamodule(tmp_path, books, f"data.stateful={stateful}")
         assert not isinstance(in_memory.train_ids, np.memmap)
-        for loader in ("train_dataloader", "val_dataloader"):
-            expected, got = list(getattr(in_memory, loader)()), list(getattr(module, loader)())
+        loaders = [m.train_dataloader() for m in (in_memory, module)]
+        for pair in [
+            loaders,
+            *zip(in_memory.val_dataloader(), module.val_dataloader(), strict=True),
+        ]:
+            expected, got = (list(loader) for loader in pair)
             assert len(got) == len(expected) > 0
             pairs = zip(got, expected, strict=True)
             assert all(torch.equal(g[0], e[0]) and torch.equal(g[1], e[1]) for g, e in pairs)
