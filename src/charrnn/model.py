@@ -78,9 +78,15 @@ class CharLM(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_hidden = None  # per dataloader: [loss sum, target count]
-        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
-        self._val_sums = [[zeros(torch.float64), zeros(torch.int64)] for _ in range(2)]
+        self._val_hidden = None
+        # per val loader (state carried; zero-state windows): [loss sum, target count]
+        self._val_sums = [
+            [
+                torch.zeros((), dtype=dtype, device=self.device)
+                for dtype in (torch.float64, torch.int64)
+            ]
+            for _ in range(2)
+        ]
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         """Loader 0 carries the state across its windows; loader 1's windows start at zero."""
@@ -105,7 +111,7 @@ class CharLM(L.LightningModule):
         self.best_val_loss = best
         self.log_dict({"val/loss": loss, "val/bpc": bpc, "val/loss_best": best}, prog_bar=True)
         if w_count > 0:  # nanoGPT's protocol (each window from a zero state): compare with it here
-            width = getattr(self.trainer.datamodule, "hparams", {}).get("val_window", "")
+            width = self.trainer.val_dataloaders[1].dataset.width  # ZeroStateWindows'
             self.log(f"val/loss_w{width}", (w_total / w_count).item())
         if self.trainer.is_global_zero:
             at = "epoch %d step %d: val/loss %.4f (%.3f bpc), best %.4f"

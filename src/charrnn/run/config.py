@@ -3,7 +3,6 @@ registered on import of charrnn.run: a parallel launcher's workers never run the
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import re
@@ -22,9 +21,11 @@ FLOAT32_MAX = 3.4028234663852886e38  # an optimizer.lr beyond it overflows insid
 
 
 def _codec(name) -> bool:
-    with contextlib.suppress(LookupError, TypeError):
-        return codecs.lookup(name)._is_text_encoding
-    return False
+    try:
+        "".encode(name)  # a LookupError for unknown and for non-text codecs (rot13)
+    except (LookupError, TypeError):
+        return False
+    return True
 
 
 POSITIVE = (lambda v: whole(v) and v > 0), "use a whole number > 0"
