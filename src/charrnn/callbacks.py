@@ -12,11 +12,6 @@ from charrnn.sampling import Sampler, check_options, seed_generator
 log = logging.getLogger(__name__)
 
 
-def as_markdown_verbatim(text: str) -> str:
-    """TensorBoard renders text as Markdown; a 4-space-indented block shows every character as is."""
-    return "\n".join("    " + line for line in text.split("\n"))
-
-
 class SampleText(L.Callback):
     """Text sampled after each validation from a fixed prompt, with its own seeded generator."""
 
@@ -54,9 +49,10 @@ class SampleText(L.Callback):
             self.prompt, self.length, self.temperature, self.top_k, generator=generator
         )
         sample = self.prompt + text
+        # TensorBoard renders Markdown: a 4-space-indented block shows every character as is
+        markdown = "\n".join("    " + line for line in sample.split("\n"))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                markdown = as_markdown_verbatim(sample)
                 logger.experiment.add_text("sample", markdown, trainer.global_step)
         log.info("sample after epoch %d:\n%s", trainer.current_epoch, sample)
 

@@ -192,7 +192,7 @@ def encode_corpus(
     for codepoints in _joined(files, separator, encoding):
         seen[codepoints] = True
         total += len(codepoints)
-    vocab = Vocab.from_counts(seen)
+    vocab = Vocab("".join(map(chr, np.flatnonzero(seen))))  # the code points that occur
     dtype = np.uint8 if vocab.size <= 256 else np.uint16 if vocab.size <= 65536 else np.int32
     table = (np.cumsum(seen) - 1).astype(dtype)  # code point -> id: its rank among those seen
 

@@ -35,9 +35,7 @@ class WindowBatches(Dataset):
     def __getitem__(self, item: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         offset, windows = item
         starts = offset + np.asarray(windows, dtype=np.int64) * self.seq_length
-        block = self.ids[starts[:, None] + np.arange(self.seq_length + 1)]
-        block = torch.from_numpy(block.astype(np.int64))
-        return block[:, :-1], block[:, 1:]
+        return _inputs_targets(self.ids, starts[:, None] + np.arange(self.seq_length + 1))
 
 
 class EpochOrder(Sampler):

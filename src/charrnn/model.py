@@ -52,7 +52,6 @@ class CharLM(L.LightningModule):
         self.best_val_loss = math.inf
         self._train_hidden: Hidden | None = None
         self._val_hidden: Hidden | None = None
-        self._val_sum = self._val_count = None
 
     def forward(self, ids, hidden=None):
         return self.net(ids, hidden)
@@ -79,14 +78,8 @@ class CharLM(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_hidden = None
-        # per val loader (state carried; zero-state windows): [loss sum, target count]
-        self._val_sums = [
-            [
-                torch.zeros((), dtype=dtype, device=self.device)
-                for dtype in (torch.float64, torch.int64)
-            ]
-            for _ in range(2)
-        ]
+        # per val loader (state carried; zero-state windows): loss sum, target count
+        self._val_sums = torch.zeros(2, 2, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         """Loader 0 carries the state across its windows; loader 1's windows start at zero."""
@@ -96,23 +89,20 @@ class CharLM(L.LightningModule):
         )
         if not dataloader_idx:
             self._val_hidden = hidden
-        self._val_sums[dataloader_idx][0] += loss_sum.double()
-        self._val_sums[dataloader_idx][1] += count
+        self._val_sums[dataloader_idx] += torch.stack([loss_sum.double(), count.double()])
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return  # a couple of batches is not the validation score
-        reduce = self.trainer.strategy.reduce
-        (total, count), (w_total, w_count) = [
-            [reduce(v, reduce_op="sum") for v in s] for s in self._val_sums
-        ]
-        loss = (total / count).item()
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        (total, count), (w_total, w_count) = sums.tolist()
+        loss = total / count
         bpc, best = loss / math.log(2), min(self.best_val_loss, loss)
         self.best_val_loss = best
         self.log_dict({"val/loss": loss, "val/bpc": bpc, "val/loss_best": best}, prog_bar=True)
         if w_count > 0:  # nanoGPT's protocol (each window from a zero state): compare with it here
             width = self.trainer.val_dataloaders[1].dataset.width  # ZeroStateWindows'
-            self.log(f"val/loss_w{width}", (w_total / w_count).item())
+            self.log(f"val/loss_w{width}", w_total / w_count)
         if self.trainer.is_global_zero:
             at = "epoch %d step %d: val/loss %.4f (%.3f bpc), best %.4f"
             log.info(at, self.current_epoch, self.global_step, loss, bpc, best)

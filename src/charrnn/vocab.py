@@ -25,11 +25,6 @@ class Vocab:
         self._lut = np.full(int(codepoints.max()) + 1, self.unk_id, dtype=np.int32)
         self._lut[codepoints] = np.arange(len(chars), dtype=np.int32)
 
-    @classmethod
-    def from_counts(cls, counts: np.ndarray) -> Vocab:
-        """The vocabulary of the code points that occur (the non-zero entries of `counts`)."""
-        return cls("".join(map(chr, np.flatnonzero(counts))))
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and other.chars == self.chars
 
