@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import http.server
+import mmap
 import os
 import random
 import subprocess
@@ -12,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -33,6 +35,14 @@ _WORDS = (
     "the a my thy good sweet night day love hate fair light dark moon sun star heart hand eye "
     "come go stay speak hear see know will shall must now here there when what why how thou thee"
 ).split()
+
+
+def is_mapped(array) -> bool:
+    """Whether `array` reads a memory-mapped file (read-only), not a copy in RAM."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(getattr(base, "obj", base), mmap.mmap) and not array.flags.writeable
 
 
 def make_text(chars: int, seed: int = 0) -> str:

@@ -1,14 +1,17 @@
 """encode_corpus: vectorised encoding that matches a plain Python encoding, and the ids cache."""
 
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_text
+from conftest import is_mapped, make_text
 
 import charrnn.corpus as corpus
 import charrnn.files as files
 from charrnn.corpus import encode_corpus, ids_cache_path
+from charrnn.data import WindowBatches
 
 MIXED = "é—😀ü€"  # 2-, 3- and 4-byte UTF-8
 
@@ -49,7 +52,7 @@ def test_second_run_maps_the_cache_beside_the_corpus(tmp_path, small_slices, mon
 
     monkeypatch.setattr(corpus, "_joined", no_encoding)
     vocab2, ids2 = encode_corpus([path])
-    assert isinstance(ids2, np.memmap) and ids2.mode == "r"  # mapped read-only, not read in
+    assert is_mapped(ids2)  # mapped read-only, not read in
     assert vocab2 == vocab and ids2.dtype == ids.dtype and np.array_equal(ids2, ids)
 
 
@@ -95,3 +98,26 @@ def test_a_damaged_cache_is_replaced(tmp_path, small_slices, caplog):
     assert vocab.decode(ids) == "text whose cache gets damaged\n"
     _, ids2 = encode_corpus([path])  # the rewritten cache is good
     assert np.array_equal(ids2, ids)
+
+
+def _mapped_rss_kb(path: Path) -> int:
+    """This process's resident kB of its mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_reading_windows_leaves_no_pages_of_the_cache_mapped(tmp_path, small_slices):
+    """A gigabyte corpus's reads would otherwise add ~100 MB of RSS a batch (large folios)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(_mixed_text(200_000), encoding="utf-8")
+    encode_corpus([path])
+    _, ids = encode_corpus([path])  # the mapped cache
+    cache = ids_cache_path([path])
+    assert int(ids[::4096].astype(np.int64).sum()) >= 0 and _mapped_rss_kb(cache) > 0  # touched
+    WindowBatches(ids, 100)[0, list(range(64))]
+    assert _mapped_rss_kb(cache) == 0

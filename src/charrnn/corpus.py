@@ -8,6 +8,7 @@ import glob
 import hashlib
 import http.client
 import logging
+import mmap
 import re
 import socket
 import urllib.error
@@ -174,10 +175,30 @@ def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
         return None
     try:
         chars = cache.with_suffix(".vocab").read_bytes().decode("utf-8")
-        return Vocab(chars), np.load(cache, mmap_mode="r")  # no pickles: np.load's default
+        return Vocab(chars), _mapped(cache)
     except (OSError, ValueError, CharRNNError) as err:
         log.warning("ignoring the unreadable ids cache %s (%s); encoding again", cache, err)
         return None
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """The .npy's ids memory-mapped read-only, through an mmap release_pages can reach."""
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        return np.frombuffer(
+            mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype, *shape, f.tell()
+        )
+
+
+def release_pages(ids: np.ndarray) -> None:
+    """Unmaps what a read of memory-mapped ids faulted in (the page cache keeps it): the kernel maps
+    a cached file's large folios whole, ~1 MB per window read, so RSS would grow ~100 MB a batch."""
+    while isinstance(ids, np.ndarray):
+        ids = ids.base
+    mapped = ids.obj if isinstance(ids, memoryview) else ids
+    if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def encode_corpus(
@@ -204,7 +225,7 @@ def encode_corpus(
                 table[codepoints].tofile(out)
 
     if path is not None and _save_ids(path, vocab, write):
-        return vocab, np.load(path, mmap_mode="r")
+        return vocab, _mapped(path)
     return vocab, np.concatenate([table[c] for c in _joined(files, separator, encoding)])
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from charrnn.corpus import encode_corpus, locate_corpus
+from charrnn.corpus import encode_corpus, locate_corpus, release_pages
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
@@ -82,8 +82,8 @@ class ShuffledWindows(EpochOrder):
     def __iter__(self):
         generator = self.generator()
         offset = self.offset(generator, self.windows.seq_length)
-        # a tensor: as a list, the 10M windows of a gigabyte take 400 MB
-        order = torch.randperm(len(self.windows), generator=generator)
+        # int32 tensor: as a list, the 10M windows of a gigabyte take 400 MB; as int64, 80 MB
+        order = torch.randperm(len(self.windows), generator=generator, dtype=torch.int32)
         for k in range(self.rank + self.start * self.world, len(self) * self.world, self.world):
             yield offset, order[k * self.batch_size : (k + 1) * self.batch_size].tolist()
 
@@ -111,6 +111,7 @@ class StreamBatches(Dataset):
 def _inputs_targets(ids: np.ndarray, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The ids at positions pos [rows, T + 1] as inputs and targets; targets past the end: -100."""
     block = ids[np.minimum(pos, len(ids) - 1)].astype(np.int64)
+    release_pages(ids)
     targets = block[:, 1:].copy()
     targets[pos[:, 1:] >= len(ids)] = -100
     return torch.from_numpy(block[:, :-1]), torch.from_numpy(targets)
