@@ -61,9 +61,11 @@ def test_step_logits_equal_the_models_logits(cell, layers):
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("cell,layers", CELLS)
 def test_low_precision_logits_are_close_to_fp32(cell, layers, precision):
-    """Weights (and the activations into each product) in bf16 keep 8 significant bits, int8 ones
-    1/254 of a row's largest weight: on this tiny net (logits within +-1) every logit stays within
-    0.01 of fp32's, and differs from it, so the low-precision product really ran."""
+    """Weights (and the activations into each product) in bf16 keep 8 significant bits; int8
+    rounds each weight row and each row of h to 1/254 of its largest |value| (h's rounding adds to
+    the weights': the largest deviation here is still about a third of the bound): on this tiny
+    net (logits within +-1) every logit stays within 0.01 of fp32's, and differs from it, so the
+    low-precision product really ran."""
     net = make_net(cell, layers, scale=1.0)
     ids = torch.tensor(VOCAB.encode("ROMEO: Good night, sweet JULIET! Parting is such sorrow."))
     logits = {}
@@ -78,6 +80,21 @@ def test_low_precision_logits_are_close_to_fp32(cell, layers, precision):
     assert step.read0.dtype == {"bf16": torch.bfloat16, "int8": torch.int8}[precision]
     assert logits[precision].dtype == torch.float32
     assert 0 < float((logits[precision] - logits["fp32"]).abs().max()) < 0.01
+
+
+def test_int8_product_is_w8a8_and_each_row_its_own():
+    """int8 is h quantised per row (max|h| / 127) times the int8 weights, summed exactly and
+    dequantised: the fp32 reference of that, and the same values for a row alone (the t() view)
+    as in a batch of 5 (the contiguous copy); bf16 h would be ~1e-3 off."""
+    step = Sampler(make_net("gru", 2, scale=1.0), VOCAB, precision="int8").step
+    h = torch.rand(5, 16, generator=seed_generator(0)) * 2 - 1
+    s = h.abs().amax(1, keepdim=True) / 127
+    sums = ((h / s).round().double() @ step.read0.double().t()).float()  # exact: small integers
+    want = sums * s * step.scale0 + step.read_bias0
+    with torch.no_grad():
+        batch = step.product(0, h)
+        assert all(torch.equal(step.product(0, h[i : i + 1])[0], batch[i]) for i in range(5))
+    torch.testing.assert_close(batch, want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -112,10 +129,11 @@ def test_same_seed_same_text_and_other_seed_other_text(cell, layers):
     assert len(set(a)) == 3  # rows are different samples, not copies
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])  # int8: per-row scales, exact sums
 @pytest.mark.parametrize("cell,layers", CELLS)
 @pytest.mark.parametrize("top_k", [0, 5])
-def test_batched_rows_equal_each_row_alone(cell, layers, top_k):
-    sampler = Sampler(make_net(cell, layers), VOCAB)
+def test_batched_rows_equal_each_row_alone(cell, layers, top_k, precision):
+    sampler = Sampler(make_net(cell, layers), VOCAB, precision=precision)
     generators = [seed_generator(100 + row) for row in range(4)]
     batch = sampler.generate("ROMEO:", 150, 0.9, top_k, 4, generators)
     alone = [

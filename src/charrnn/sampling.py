@@ -19,12 +19,11 @@ CHUNK = 32  # steps per chunk: Gumbel noise is drawn and on_step called once per
 SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # of the step's weights (see resolve_precision)
-INT8_MM = torch.ops.aten._weight_int8pack_mm  # x [B, K] bf16, w [N, K] int8, scales [N] bf16
 
 
 def resolve_precision(value, target: str = "cpu") -> str:
     """`precision` as a step on `target` (a device type, or "onnx") runs it. auto: int8 where the
-    CPU has native bf16 (fast, and within 0.005 nats/char of fp32 as measured), fp32 elsewhere."""
+    CPU has native bf16 (such CPUs multiply int8 natively too: VNNI, AMX), fp32 elsewhere."""
     allowed = PRECISIONS if target == "cpu" else PRECISIONS[:2]  # low precision: torch on CPU
     if value not in allowed:
         raise CharRNNError(
@@ -110,6 +109,7 @@ class StepNet(nn.Module):
         self.register_buffer(
             "table", emb @ weight("weight_ih_l0").t() + weight("bias_ih_l0") + hh_bias[0]
         )
+        self.read_t = []  # int8's [H, G + out] copies: a plain list, so no export carries them
         for layer in range(self.layers):
             if layer + 1 < self.layers:  # what this layer's h feeds besides itself
                 w_out = weight(f"weight_ih_l{layer + 1}")
@@ -118,11 +118,12 @@ class StepNet(nn.Module):
                 w_out, b_out = (p.detach().float()[:known] for p in (head.weight, head.bias))
             w = torch.cat([weight(f"weight_hh_l{layer}"), w_out])  # [G + out, H]
             if precision == "int8":  # symmetric per output row: w ~ q * scale, q in [-127, 127]
-                scale = (w.abs().amax(1) / 127).clamp_min(1e-30).bfloat16()
+                scale = (w.abs().amax(1) / 127).clamp_min(1e-30)
                 self.register_buffer(f"scale{layer}", scale)
-                w = (w / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
-            # fp32 transposed, contiguous: h [B, H] @ W [H, G + out] streams W once for all rows;
-            # bf16 and int8 keep [G + out, H], the layout their kernels read fastest
+                w = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+                self.read_t.append(w.t().contiguous())
+            # fp32 (as int8's read_t) transposed, contiguous: h [B, H] @ W [H, G + out] streams W
+            # once for all rows; bf16 and int8 keep [G + out, H] (bf16's kernel; int8's t(): gemv)
             w = {"fp32": w.t().contiguous(), "bf16": w.bfloat16(), "int8": w}[precision]
             self.register_buffer(f"read{layer}", w)
             self.register_buffer(f"read_bias{layer}", torch.cat([torch.zeros(self.gates), b_out]))
@@ -132,16 +133,20 @@ class StepNet(nn.Module):
         return [self.size] * self.layers * (2 if self.lstm else 1) + [self.gates] * self.layers
 
     def product(self, layer: int, h: Tensor) -> Tensor:
-        """h [B, H] times layer's read weights plus bias, in fp32. Low-precision weights take bf16
-        activations (int8 with fp32 ones is ~10x slower) and give fp32 back to the gate math."""
+        """h [B, H] times layer's read weights plus bias, in fp32. bf16: h in bf16. int8 (W8A8): h
+        quantised per row (scale max|h| / 127), an exact int32 product, dequantised in fp32; all
+        per row, so a row's values never depend on the rest of its batch."""
         w, bias = getattr(self, f"read{layer}"), getattr(self, f"read_bias{layer}")
         if self.precision == "fp32":
             return torch.addmm(bias, h, w)
-        if self.precision == "int8":
-            out = INT8_MM(h.bfloat16(), w, getattr(self, f"scale{layer}"))
-        else:
-            out = nn.functional.linear(h.bfloat16(), w)
-        return out.float().add_(bias)
+        if self.precision == "bf16":
+            return nn.functional.linear(h.bfloat16(), w).float().add_(bias)
+        s = h.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127
+        # the same integers either way: one row reads the t() view (a gemv), more rows the
+        # contiguous [H, G + out] copy; an export (rows free, so no branch) reads the view for all
+        w = w.t() if torch.compiler.is_exporting() or h.shape[0] == 1 else self.read_t[layer]
+        acc = torch._int_mm((h / s).round().to(torch.int8), w)
+        return torch.addcmul(bias, acc.float(), s * getattr(self, f"scale{layer}"))
 
     def logits(self, ids: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """Feeds ids [B]; returns the logits [B, known] of the next character and the new state."""
