@@ -80,18 +80,14 @@ def generate(cfg: DictConfig) -> list[str]:
     header = f"{path}: {shape}, {vocab.unk_id} characters; {precision} weights; seed={seed}"
     print(header, file=sys.stderr)
     stream = cfg.num_samples == 1  # one sample streams; a batch is printed whole
-
-    def show(chars: list[str]) -> None:
-        print(chars[0], end="", flush=True)
-
     if stream:
-        sys.stdout.write(prompt)
-    texts = sampler.generate(prompt, *options, seed_generator(seed), show if stream else None)
+        print(prompt, end="")
+    show = (lambda chars: print(chars[0], end="", flush=True)) if stream else None
+    texts = sampler.generate(prompt, *options, seed_generator(seed), show)
     samples = [prompt + text for text in texts]
     blocks = (f"===== sample {i + 1}/{len(samples)} =====\n{s}\n" for i, s in enumerate(samples))
     shown = samples[0] + "\n" if stream else "".join(blocks)
-    sys.stdout.write("\n" if stream else shown)
-    sys.stdout.flush()
+    print("\n" if stream else shown, end="", flush=True)
     if cfg.out:
         out = Path(cfg.out).expanduser()
         write_atomically(out, lambda tmp: Path(tmp).write_text(shown, encoding="utf-8"))
