@@ -110,8 +110,7 @@ class SweepSummary(Callback):
         table = write_summary(rows, sweep_dir)
         where = f"{sweep_dir / SUMMARY_MD}, {sweep_dir / SUMMARY_CSV}"
         log.info("sweep summary (%s):\n%s", where, table)
-        failed = sum(row.get("status") != "ok" for row in rows)
-        if failed:
+        if failed := sum(row.get("status") != "ok" for row in rows):
             log.error("%d of %d jobs failed; their errors are in the summary", failed, len(rows))
             if self.exit_on_failure:
                 raise SystemExit(1)
