@@ -1,8 +1,6 @@
 """Checkpoint files: safe reads (weights_only=True; every way a file can be wrong is one line),
 `last`/`best` of the newest run, the network rebuilt from one. Needs torch, not Lightning."""
 
-from __future__ import annotations
-
 import pickle
 import re
 import textwrap

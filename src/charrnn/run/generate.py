@@ -1,7 +1,5 @@
 """The generate command: check the options, load the checkpoint, sample, stream or print, save."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 

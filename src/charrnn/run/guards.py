@@ -1,8 +1,6 @@
 """What keeps a run from being lost: atomic checkpoints, what an exact resume needs, a clean stop
 on Ctrl-C or SIGTERM, and a stop before non-finite values are saved."""
 
-from __future__ import annotations
-
 import logging
 import signal
 import threading

@@ -1,8 +1,6 @@
 """Each run's result.json, filled in by the job's own process (so every launcher and the Optuna
 sweeper work alike), and the sweep's summary, best first (collected: no torch/Lightning here)."""
 
-from __future__ import annotations
-
 import csv
 import io
 import json

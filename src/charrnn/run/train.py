@@ -1,7 +1,5 @@
 """One training run from a composed config: build data, model, callbacks, loggers and Trainer; fit."""
 
-from __future__ import annotations
-
 import ctypes
 import logging
 import logging.config
