@@ -1,8 +1,6 @@
 """Checkpoint files: safe reads (weights_only=True; every way a file can be wrong is one line),
 `last`/`best` of the newest run, the network rebuilt from one. Needs torch, not Lightning."""
 
-from __future__ import annotations
-
 import pickle
 import re
 import textwrap
@@ -76,14 +74,13 @@ def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool
 def newest_run_checkpoint(alias: str, outputs: Path, key: str) -> Path:
     """`last` or `best` of the run (runs/<time>/ or multirun/<time>/<job>/) whose checkpoints were
     written last, or a one-line error saying what is not there."""
-    folders = [*outputs.glob("runs/*/checkpoints"), *outputs.glob("multirun/*/*/checkpoints")]
-    written = {d: max((p.stat().st_mtime for p in d.glob("*.ckpt")), default=None) for d in folders}
-    newest = max((d for d, t in written.items() if t is not None), key=written.get, default=None)
-    if newest is None:
+    ckpts = [p for d in ("runs/*", "multirun/*/*") for p in outputs.glob(f"{d}/checkpoints/*.ckpt")]
+    if not ckpts:
         raise CharRNNError(
             f"{key}={alias}: no checkpoints under {outputs.absolute()}/runs or /multirun; train "
             "first (python src/train.py) or pass a path to a .ckpt file"
         )
+    newest = max(ckpts, key=lambda p: p.stat().st_mtime).parent
     found = newest / LAST if alias == "last" else _best_in(newest)
     if found is None or not found.is_file():
         raise CharRNNError(
@@ -118,12 +115,10 @@ class Trained:
     net: CharRNN
     vocab: Vocab
     hparams: dict
-    path: Path
 
 
 def load(path: str | Path) -> Trained:
     """The CharRNN and Vocab of a charrnn checkpoint, on the CPU in eval mode."""
-    path = Path(path)
     ckpt = read_checkpoint(path, key="ckpt")
     hparams = ckpt["hyper_parameters"]
     weights = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
@@ -136,4 +131,4 @@ def load(path: str | Path) -> Trained:
         raise CharRNNError(
             f"ckpt: {path} does not hold a model this charrnn can rebuild ({reason})"
         ) from None
-    return Trained(net.eval(), vocab, hparams, path)
+    return Trained(net.eval(), vocab, hparams)

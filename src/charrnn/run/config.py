@@ -1,8 +1,6 @@
 """The train config's checks (a bad value fails in one line naming it) and its resolvers,
 registered on import of charrnn.run: a parallel launcher's workers never run the entry point."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import re

@@ -1,7 +1,5 @@
 """The generate command: check the options, load the checkpoint, sample, stream or print, save."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 
@@ -80,18 +78,14 @@ def generate(cfg: DictConfig) -> list[str]:
     header = f"{path}: {shape}, {vocab.unk_id} characters; {precision} weights; seed={seed}"
     print(header, file=sys.stderr)
     stream = cfg.num_samples == 1  # one sample streams; a batch is printed whole
-
-    def show(chars: list[str]) -> None:
-        print(chars[0], end="", flush=True)
-
     if stream:
-        sys.stdout.write(prompt)
-    texts = sampler.generate(prompt, *options, seed_generator(seed), show if stream else None)
+        print(prompt, end="")
+    show = (lambda chars: print(chars[0], end="", flush=True)) if stream else None
+    texts = sampler.generate(prompt, *options, seed_generator(seed), show)
     samples = [prompt + text for text in texts]
     blocks = (f"===== sample {i + 1}/{len(samples)} =====\n{s}\n" for i, s in enumerate(samples))
     shown = samples[0] + "\n" if stream else "".join(blocks)
-    sys.stdout.write("\n" if stream else shown)
-    sys.stdout.flush()
+    print("\n" if stream else shown, end="", flush=True)
     if cfg.out:
         out = Path(cfg.out).expanduser()
         write_atomically(out, lambda tmp: Path(tmp).write_text(shown, encoding="utf-8"))

@@ -1,8 +1,6 @@
 """What keeps a run from being lost: atomic checkpoints, what an exact resume needs, a clean stop
 on Ctrl-C or SIGTERM, and a stop before non-finite values are saved."""
 
-from __future__ import annotations
-
 import logging
 import signal
 import threading
@@ -81,11 +79,8 @@ class ResumeState(L.Callback):
         lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
         if self._saved_lr is None or lr is None or lr == self._saved_lr:
             return
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                if "initial_lr" in group:
-                    group["initial_lr"] = lr
+        for group in (g for optimizer in trainer.optimizers for g in optimizer.param_groups):
+            group.update({key: lr for key in ("lr", "initial_lr") if key in group})
         log.info("optimizer.lr %g replaces the checkpoint's %g", lr, self._saved_lr)
 
     def _step_skipped_schedulers(self, trainer) -> None:
@@ -200,36 +195,34 @@ class StopOnNonFinite(L.Callback):
     val/loss; its hooks run before the checkpoint callbacks' (Lightning runs those last)."""
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss.detach()).all():
-            what = f"train/loss is {loss.detach().float().item()}"
-            self._stop(trainer, pl_module, what, trainer.global_step + 1)  # the step being taken
+        if not torch.isfinite(loss).all():  # at the step being taken: global_step + 1
+            self._stop(trainer, f"train/loss is {float(loss.detach())}", trainer.global_step + 1)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not _all_finite(p.grad for p in pl_module.parameters()):
-            self._stop(trainer, pl_module, "the gradient is not finite", trainer.global_step + 1)
+            self._stop(trainer, "the gradient is not finite", trainer.global_step + 1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # the optimiser itself can make weights non-finite (e.g. Adam with eps=0 divides 0 by 0)
         if not _all_finite(p.detach() for p in pl_module.parameters()):
             what = "the optimiser step made the weights non-finite"
-            self._stop(trainer, pl_module, what, trainer.global_step)
+            self._stop(trainer, what, trainer.global_step)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         loss = trainer.callback_metrics.get("val/loss")
         if loss is not None and not trainer.sanity_checking and not torch.isfinite(loss).all():
-            self._stop(trainer, pl_module, f"val/loss is {float(loss)}", trainer.global_step)
+            self._stop(trainer, f"val/loss is {float(loss)}", trainer.global_step)
 
     @staticmethod
-    def _stop(trainer, pl_module, what: str, step: int) -> None:
+    def _stop(trainer, what: str, step: int) -> None:
         last, kept = last_keeper(trainer), "no checkpoint had been written yet"
         if last is not None and last.saved_step is not None:
             kept = f"{last.path} (step {last.saved_step}) is kept"
         elif last is not None and last.path.is_file():
             kept = f"{last.path} is kept as it was"
-        lr = (pl_module.hparams.get("optimizer") or {}).get("lr")
-        clip = trainer.gradient_clip_val
+        lr = (trainer.lightning_module.hparams.get("optimizer") or {}).get("lr")
         raise CharRNNError(
-            f"training stopped: {what} at step {step} (epoch "
-            f"{trainer.current_epoch}); {kept}; try a lower optimizer.lr (now {lr}) or "
-            f"trainer.gradient_clip_val=1.0 or lower (now {clip}), then train again"
+            f"training stopped: {what} at step {step} (epoch {trainer.current_epoch}); {kept}; try "
+            f"a lower optimizer.lr (now {lr}) or trainer.gradient_clip_val=1.0 or lower (now "
+            f"{trainer.gradient_clip_val}), then train again"
         )

@@ -1,8 +1,6 @@
 """`resume=last | <run dir> | <last.ckpt>`: src/train.py rewrites its command line, before Hydra
 starts, to continue that run in its dir with its recorded overrides. Needs torch, not Lightning."""
 
-from __future__ import annotations
-
 import re
 from datetime import datetime
 from pathlib import Path

@@ -1,9 +1,8 @@
 """Each run's result.json, filled in by the job's own process (so every launcher and the Optuna
 sweeper work alike), and the sweep's summary, best first (collected: no torch/Lightning here)."""
 
-from __future__ import annotations
-
 import csv
+import io
 import json
 import logging
 import math
@@ -24,18 +23,18 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 ERROR_CHARS = 300  # of an error message in the printed/Markdown table
-COLUMNS = (  # (key in result.json, column title)
-    ("job", "job"),
-    ("status", "status"),
-    ("overrides", "overrides"),
-    ("val_loss_best", "val/loss_best"),
-    ("val_bpc", "val/bpc"),
-    ("params", "params"),
-    ("epochs", "epochs"),
-    ("wall_time_s", "wall time (s)"),
-    ("best_checkpoint", "best checkpoint"),
-    ("error", "error"),
-)
+COLUMNS = {  # key in result.json: column title
+    "job": "job",
+    "status": "status",
+    "overrides": "overrides",
+    "val_loss_best": "val/loss_best",
+    "val_bpc": "val/bpc",
+    "params": "params",
+    "epochs": "epochs",
+    "wall_time_s": "wall time (s)",
+    "best_checkpoint": "best checkpoint",
+    "error": "error",
+}
 _NUMERIC = {"job", "val_loss_best", "val_bpc", "params", "epochs", "wall_time_s"}  # right-aligned
 
 
@@ -55,11 +54,14 @@ def read_result(run_dir: Path) -> dict:
         return {}
 
 
+def _write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, "utf-8", newline=""))
+
+
 def update_result(run_dir: Path, /, **fields) -> dict:
     """Merges `fields` into run_dir/result.json; returns the whole record."""
     record = {**read_result(run_dir), **fields}
-    text = json.dumps(record, indent=2, default=str) + "\n"
-    write_atomically(Path(run_dir) / RESULT_FILE, lambda tmp: Path(tmp).write_text(text, "utf-8"))
+    _write_text(Path(run_dir) / RESULT_FILE, json.dumps(record, indent=2, default=str) + "\n")
     return record
 
 
@@ -106,8 +108,7 @@ class SweepSummary(Callback):
         table = write_summary(rows, sweep_dir)
         where = f"{sweep_dir / SUMMARY_MD}, {sweep_dir / SUMMARY_CSV}"
         log.info("sweep summary (%s):\n%s", where, table)
-        failed = sum(row.get("status") != "ok" for row in rows)
-        if failed:
+        if failed := sum(row.get("status") != "ok" for row in rows):
             log.error("%d of %d jobs failed; their errors are in the summary", failed, len(rows))
             if self.exit_on_failure:
                 raise SystemExit(1)
@@ -161,29 +162,20 @@ def write_summary(rows: list[dict], sweep_dir: Path) -> str:
     lists = [set(row.get("overrides") or []) for row in rows]
     common = set.intersection(*lists) if len(lists) > 1 else set()
     shown = set().union(*lists) - common
-    cells = [[_markdown_cell(row, key, sweep_dir, shown) for key, _ in COLUMNS] for row in rows]
+    cells = [[_markdown_cell(row, key, sweep_dir, shown) for key in COLUMNS] for row in rows]
     lines = [
-        "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "|".join("---:" if key in _NUMERIC else "---" for key, _ in COLUMNS) + "|",
+        "| " + " | ".join(COLUMNS.values()) + " |",
+        "|" + "|".join("---:" if key in _NUMERIC else "---" for key in COLUMNS) + "|",
         *("| " + " | ".join(row_cells) + " |" for row_cells in cells),
     ]
     if common:
         lines += ["", "Common to every job: `" + " ".join(sorted(common)) + "`"]
     table = "\n".join(lines)
-
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows(
-                [[title for _, title in COLUMNS]]
-                + [[_csv_cell(row.get(key)) for key, _ in COLUMNS] for row in rows]
-            )
-
-    write_atomically(sweep_dir / SUMMARY_CSV, write_csv)
-    write_atomically(
-        sweep_dir / SUMMARY_MD, lambda tmp: Path(tmp).write_text(table + "\n", "utf-8")
+    values = (
+        [" ".join(v) if isinstance(v, list) else v for v in map(row.get, COLUMNS)] for row in rows
     )
+    text = io.StringIO()
+    csv.writer(text).writerows([COLUMNS.values(), *values])  # None as an empty cell
+    _write_text(sweep_dir / SUMMARY_CSV, text.getvalue())
+    _write_text(sweep_dir / SUMMARY_MD, table + "\n")
     return table
-
-
-def _csv_cell(value) -> str:
-    return "" if value is None else " ".join(value) if isinstance(value, list) else str(value)

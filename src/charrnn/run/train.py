@@ -1,7 +1,5 @@
 """One training run from a composed config: build data, model, callbacks, loggers and Trainer; fit."""
 
-from __future__ import annotations
-
 import ctypes
 import logging
 import logging.config
@@ -22,6 +20,7 @@ from charrnn.data import CharDataModule
 from charrnn.errors import CharRNNError
 from charrnn.fused_gru import bf16_matmul_supported
 from charrnn.model import CharLM
+from charrnn.run.checkpoints import LAST
 from charrnn.run.guards import AtomicCheckpointIO, ResumeState, TrainingStopped
 from charrnn.run.sweep import update_result
 
@@ -74,10 +73,10 @@ def cpu_steal() -> tuple[int, int]:
 
 
 class RunResult(L.Callback):
-    """The run's outcome, precision (and why) and CPU steal in run_dir/result.json, written by the
-    training process itself (under spawn-based DDP not the Hydra job's), where they are measured."""
+    """The run's outcome in the log and run_dir/result.json (with the precision, why, and the CPU
+    steal): from the training process itself (under spawn-based DDP not the Hydra job's)."""
 
-    def __init__(self, run_dir, precision_reason: str = ""):
+    def __init__(self, run_dir: Path | None, precision_reason: str = ""):
         self.run_dir, self.precision_reason = run_dir, precision_reason
         self.steal_start = (0, 0)  # taken when fitting starts
 
@@ -91,22 +90,35 @@ class RunResult(L.Callback):
         steal = (steal1 - steal0) / (all1 - all0) if all1 > all0 else 0.0
         if steal > 0.05:
             log.warning("the hypervisor took %.0f%% of the CPU during this run", 100 * steal)
-        best = pl_module.best_val_loss
-        checkpoint = trainer.checkpoint_callback
-        update_result(
-            self.run_dir,
-            status="ok",
-            val_loss_best=best if math.isfinite(best) else None,
-            val_bpc=best / math.log(2) if math.isfinite(best) else None,
-            params=sum(p.numel() for p in pl_module.parameters()),
-            epochs=trainer.current_epoch,
-            best_checkpoint=(checkpoint.best_model_path or None) if checkpoint else None,
-            world_size=trainer.world_size,
-            threads=torch.get_num_threads(),
-            precision=trainer.precision,
-            precision_reason=self.precision_reason,
-            cpu_steal=round(steal, 4),
-        )
+        best = pl_module.best_val_loss if math.isfinite(pl_module.best_val_loss) else None
+        bpc = best / math.log(2) if best is not None else None
+        best_path = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
+        lines = []
+        if best is not None:
+            lines.append(f"best val/loss {best:.4f} nats/char ({bpc:.4f} bits/char)")
+        if best_path:
+            lines.append(f"best checkpoint: {best_path}")
+        if self.run_dir is not None:
+            run = self.run_dir
+            lines += [f"run dir: {run}", f"TensorBoard: tensorboard --logdir {run}"]
+            if (run / "checkpoints" / LAST).exists():
+                how = "resume (e.g. with more trainer.max_epochs)"
+                lines.append(f"{how}: python src/train.py resume={run}")
+            update_result(
+                run,
+                status="ok",
+                val_loss_best=best,
+                val_bpc=bpc,
+                params=sum(p.numel() for p in pl_module.parameters()),
+                epochs=trainer.current_epoch,
+                best_checkpoint=best_path,
+                world_size=trainer.world_size,
+                threads=torch.get_num_threads(),
+                precision=trainer.precision,
+                precision_reason=self.precision_reason,
+                cpu_steal=round(steal, 4),
+            )
+        log.info("done.\n  " + "\n  ".join(lines))
 
 
 def _plain(node) -> dict | None:
@@ -166,8 +178,7 @@ def build(
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None]
     precision, why = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("precision %s (%s)", precision, why)
-    if run_dir is not None:
-        callbacks.append(RunResult(run_dir, why))
+    callbacks.append(RunResult(run_dir, why))
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -208,21 +219,4 @@ def train(
     best = module.best_val_loss
     if not math.isfinite(best) and "val/loss_best" in trainer.callback_metrics:
         best = float(trainer.callback_metrics["val/loss_best"])  # fitted in spawned processes (DDP)
-    if trainer.is_global_zero:
-        _report(trainer, best, run_dir)
     return best
-
-
-def _report(trainer: L.Trainer, best: float, run_dir: Path | None) -> None:
-    lines = []
-    if math.isfinite(best):
-        lines.append(f"best val/loss {best:.4f} nats/char ({best / math.log(2):.4f} bits/char)")
-    best_path = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    if best_path:
-        lines.append(f"best checkpoint: {best_path}")
-    if run_dir is not None:
-        lines += [f"run dir: {run_dir}", f"TensorBoard: tensorboard --logdir {run_dir}"]
-        if (run_dir / "checkpoints" / "last.ckpt").exists():
-            how = "resume (e.g. with more trainer.max_epochs)"
-            lines.append(f"{how}: python src/train.py resume={run_dir}")
-    log.info("done.\n  " + "\n  ".join(lines))
