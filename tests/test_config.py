@@ -67,6 +67,8 @@ def test_groups_change_what_they_should():
         ("model.num_layers=-1", "model.num_layers: -1"),
         ("model.embedding_dim=2.5", "model.embedding_dim: 2.5"),
         ("model.dropout=1.0", "model.dropout: 1.0 is not allowed; use a probability in \\[0, 1\\)"),
+        ("model.weight_drop=-0.1", "model.weight_drop: -0.1 is not allowed; use a probability"),
+        ("model.locked_dropout=2", "model.locked_dropout: 2 is not allowed; use true or false"),
         (
             "data.val_frac=0",
             "data.val_frac: 0 is not allowed; use a fraction strictly between 0 and 1",

@@ -107,7 +107,7 @@ def test_projected_embedding_table_gives_the_same_outputs_and_gradients():
     ids = torch.randint(4, (3, 8))
     h0 = torch.randn(2, 3, 7, dtype=torch.float64)
     results = []
-    for run in (lambda: fused(embedding[ids], h0), lambda: fused.forward_ids(ids, embedding, h0)):
+    for run in (lambda: fused(embedding[ids], h0), lambda: fused(ids, h0, embedding=embedding)):
         out, h_n = run()
         loss = (out.sin() * torch.linspace(-1, 1, 7, dtype=out.dtype)).sum() + h_n.sum()
         results.append((out, h_n, torch.autograd.grad(loss, [embedding, *fused.parameters()])))
@@ -199,20 +199,20 @@ def _refuse_nn_gru(monkeypatch):
     monkeypatch.setattr(nn.GRU, "forward", refuse)
 
 
-@pytest.mark.parametrize("entry", ["forward", "forward_ids"])
+@pytest.mark.parametrize("entry", ["forward", "ids"])
 def test_bf16_autocast_matches_fp32_nn_gru(monkeypatch, entry):
     torch.manual_seed(0)
     reference = nn.GRU(16, 32, 2, batch_first=True)
     fused = FusedGRU(16, 32, 2, batch_first=True)
     fused.load_state_dict(reference.state_dict())
     embedding = torch.randn(5, 16, requires_grad=True)
-    ids = torch.randint(5, (3, 24))  # more positions than rows: forward_ids takes its table path
+    ids = torch.randint(5, (3, 24))  # more positions than rows: the ids path takes its table
     h0 = torch.randn(2, 3, 32, requires_grad=True)
 
     def run(module, autocast):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            if autocast and entry == "forward_ids":
-                out, h_n = module.forward_ids(ids, embedding, h0)
+            if autocast and entry == "ids":
+                out, h_n = module(ids, h0, embedding=embedding)
             else:
                 out, h_n = module(embedding[ids], h0)
         loss = (out.sin() * torch.linspace(-1, 1, 32)).sum() + (h_n**2).sum()

@@ -93,3 +93,72 @@ def test_val_loss_w256_scores_every_window_from_a_zero_state(corpus):
     assert count == len(data.val_ids)
     assert abs(metrics["val/loss_w64"] - total / count) < 1e-5
     assert abs(metrics["val/loss_w64"] - metrics["val/loss"]) > 1e-4
+
+
+def _regularised(cell: str, impl: str, layers: int, **drops) -> CharRNN:
+    torch.manual_seed(0)
+    return CharRNN(20, cell, 8, 16, layers, impl=impl, **drops)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("cell, impl", [("gru", "auto"), ("gru", "torch"), ("lstm", "auto")])
+def test_weight_drop_masks_recurrent_weights_once_per_batch_and_only_in_training(cell, impl, bf16):
+    net = _regularised(cell, impl, 2, weight_drop=0.5)
+    ids = torch.randint(0, 20, (3, 12))
+    net.eval()
+    reference, _ = net(ids)
+    net.train()  # weight drop alone: no other dropout, so any change comes from W_hh's mask
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out, _ = net(ids)
+    assert not torch.allclose(out.float(), reference)
+    out.float().sum().backward()
+    for k in range(2):  # a dropped weight gets no gradient: about half of each W_hh
+        zeros = (getattr(net.rnn, f"weight_hh_l{k}").grad == 0).float().mean().item()
+        assert 0.35 < zeros < 0.65
+        assert getattr(net.rnn, f"weight_ih_l{k}").grad.count_nonzero() > 0.9 * 16 * 3 * 8
+    net.eval()
+    assert torch.equal(net(ids)[0], reference)  # the weights themselves are untouched
+
+
+def test_locked_dropout_draws_one_mask_per_sequence_and_is_off_in_eval():
+    net = _regularised("gru", "auto", 1, locked_dropout=True)
+    ones = torch.ones(4, 30, 8)
+    net.train()
+    mask = net._dropout(0.5, ones)
+    assert torch.equal(mask, mask[:, :1].expand_as(mask))  # the same at every step
+    assert not torch.equal(mask[0], mask[1])  # another for each sequence
+    assert set(mask.unique().tolist()) == {0.0, 2.0}  # kept units scaled by 1 / (1 - p)
+    net.locked = False
+    per_step = net._dropout(0.5, ones)
+    assert not torch.equal(per_step, per_step[:, :1].expand_as(per_step))
+    net.eval()
+    assert net._dropout(0.5, ones) is ones
+
+
+@pytest.mark.parametrize("cell, impl", [("gru", "auto"), ("gru", "torch"), ("lstm", "auto")])
+def test_locked_dropout_between_layers_runs_them_one_by_one_with_the_same_result(cell, impl):
+    """Layer by layer with the mask at p = 0 equals the stacked layer; at p > 0 the mask between
+    them is per sequence, and every dropout's mask is (embedding, between layers, output)."""
+    net = _regularised(cell, impl, 2, locked_dropout=True, dropout=0.5, weight_drop=0.3)
+    x = torch.randn(3, 12, 8)
+    hidden = net.init_hidden(3)
+    stacked = net.eval().rnn(x, hidden)
+    masks, dropout = [], net._dropout
+    net._dropout = lambda p, x: masks.append(dropout(p, torch.ones_like(x))) or x  # no mask
+    net.train()
+    net.weight_drop = 0.0
+    by_layer = net._by_layer(x, hidden)
+    torch.testing.assert_close(by_layer[0], stacked[0])
+    for got, want in zip(
+        by_layer[1] if cell == "lstm" else [by_layer[1]],
+        stacked[1] if cell == "lstm" else [stacked[1]],
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want)
+    (mask,) = masks  # the one between the two layers
+    assert mask.shape == (3, 12, 16) and torch.equal(mask, mask[:, :1].expand_as(mask))
+    net._dropout = dropout
+    net.weight_drop = 0.3
+    out, _ = net(torch.randint(0, 20, (3, 12)))  # through forward: the by-layer path, training
+    out.sum().backward()
+    assert net.rnn.weight_hh_l1.grad is not None and (net.rnn.weight_hh_l1.grad == 0).any()

@@ -130,21 +130,21 @@ class FusedGRU(nn.GRU):
         if self.bidirectional or self.proj_size or not self.bias:
             raise ValueError("FusedGRU supports unidirectional GRUs with biases and no proj_size")
 
-    def forward(self, input, hx=None):  # noqa: A002 - nn.GRU's signature
+    def forward(self, input, hx=None, embedding=None):  # noqa: A002 - nn.GRU's signature
+        """nn.GRU's forward; with `embedding`, `input` holds ids and the result is that of
+        forward(embedding[ids]), each vocabulary row projected once, not each position: a gather
+        forward and a scatter-add backward replace three sequence-long products."""
+        if embedding is not None:
+            small = input.dim() != 2 or input.numel() <= embedding.shape[0]
+            if input.is_cuda or small or not _fusable_autocast(input.device.type):
+                return self.forward(F.embedding(input, embedding), hx)
+            table = F.linear(embedding, self.weight_ih_l0, self.bias_ih_l0)
+            return self._layers(F.embedding(input.t() if self.batch_first else input, table), hx)
         steps = input.shape[1 if self.batch_first else 0] if input.dim() == 3 else 0
         if input.is_cuda or steps < MIN_STEPS or not _fusable_autocast(input.device.type):
             return super().forward(input, hx)
         x = input.transpose(0, 1) if self.batch_first else input  # time-major
         return self._layers(F.linear(x, self.weight_ih_l0, self.bias_ih_l0), hx)
-
-    def forward_ids(self, ids: torch.Tensor, embedding: torch.Tensor, hx=None):
-        """`forward(embedding[ids])` with each vocabulary row projected once, not each position: a
-        gather forward and a scatter-add backward replace three sequence-long products."""
-        small = ids.dim() != 2 or ids.numel() <= embedding.shape[0]
-        if ids.is_cuda or small or not _fusable_autocast(ids.device.type):
-            return self.forward(F.embedding(ids, embedding), hx)
-        table = F.linear(embedding, self.weight_ih_l0, self.bias_ih_l0)
-        return self._layers(F.embedding(ids.t() if self.batch_first else ids, table), hx)
 
     def _layers(self, gi: torch.Tensor, hx):
         """All layers from the first layer's input projections gi [T, B, 3H]."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from charrnn.fused_gru import FusedGRU
 
@@ -28,10 +29,13 @@ class CharRNN(nn.Module):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
         out_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        locked_dropout: bool = False,
         impl: str = "auto",
     ):
         super().__init__()
         self.cell, self.num_layers, self.rnn_units = cell, num_layers, rnn_units
+        self.weight_drop, self.locked = weight_drop, locked_dropout
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.emb_dropout = nn.Dropout(emb_dropout)
         # auto: FusedGRU for GRUs (faster on CPU, same weights and keys), nn.LSTM (oneDNN-fused)
@@ -48,8 +52,54 @@ class CharRNN(nn.Module):
     def forward(
         self, ids: torch.Tensor, hidden: Hidden | None = None
     ) -> tuple[torch.Tensor, Hidden]:
-        if isinstance(self.rnn, FusedGRU) and not (self.training and self.emb_dropout.p):
-            out, hidden = self.rnn.forward_ids(ids, self.embedding.weight, hidden)  # same, faster
-        else:
-            out, hidden = self.rnn(self.emb_dropout(self.embedding(ids)), hidden)
-        return self.head(self.out_dropout(out)), hidden
+        by_layer = self.training and self.locked and self.rnn.dropout  # locked masks between
+        emb_dropout = self.training and self.emb_dropout.p
+        if isinstance(self.rnn, FusedGRU) and not (emb_dropout or by_layer):
+            out, hidden = self._rnn(self.rnn, ids, hidden, embedding=self.embedding.weight)
+        else:  # with embedding=, FusedGRU does the same as here, faster
+            x = self._dropout(self.emb_dropout.p, self.embedding(ids))
+            out, hidden = self._by_layer(x, hidden) if by_layer else self._rnn(self.rnn, x, hidden)
+        return self.head(self._dropout(self.out_dropout.p, out)), hidden
+
+    def _dropout(self, p: float, x: torch.Tensor) -> torch.Tensor:
+        """Dropout on [batch, time, features]; `locked`: one mask per sequence, the same at every
+        step (variational dropout, Gal & Ghahramani 2016)."""
+        if not (self.training and p):
+            return x
+        if not self.locked:
+            return nn.functional.dropout(x, p)
+        return x * x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p).div_(1 - p)
+
+    def _rnn(self, rnn: nn.Module, *args, weights: dict | None = None, **kwargs):
+        """rnn(*args, **kwargs), with `weights` in place of its own; in training, DropConnect on the
+        recurrent weights (AWD-LSTM's weight drop: one mask per batch, the same at every step)."""
+        drop = self.training and self.weight_drop
+        if weights is None and not drop:
+            return rnn(*args, **kwargs)
+        weights = dict(rnn.named_parameters()) if weights is None else weights
+        if drop:
+            weights = {
+                name: nn.functional.dropout(w, self.weight_drop) if "weight_hh" in name else w
+                for name, w in weights.items()
+            }
+        return functional_call(rnn, weights, args, kwargs)
+
+    def _by_layer(self, x: torch.Tensor, hidden: Hidden | None):
+        """The stacked layers one at a time, with a locked mask between them: torch's stacked
+        kernels draw a new mask at every step. Each layer runs as a one-layer copy on the meta
+        device (a shape without storage) given that layer's weights."""
+        rnn, lstm = self.rnn, self.cell == "lstm"
+        hidden = self.init_hidden(x.shape[0], x.device) if hidden is None else hidden
+        finals = []
+        for k in range(self.num_layers):
+            if k:
+                x = self._dropout(rnn.dropout, x)
+            one = type(rnn)(x.shape[-1], rnn.hidden_size, batch_first=True, device="meta")
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            weights = {f"{n}_l0": getattr(rnn, f"{n}_l{k}") for n in names}
+            state = tuple(h[k : k + 1] for h in hidden) if lstm else hidden[k : k + 1]
+            x, final = self._rnn(one, x, state, weights=weights)
+            finals.append(final)
+        if lstm:
+            return x, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
+        return x, torch.cat(finals)

@@ -30,7 +30,8 @@ POSITIVE = (lambda v: whole(v) and v > 0), "use a whole number > 0"
 PROBABILITY = (lambda v: number(v) and 0 <= v < 1), "use a probability in [0, 1)"
 RULES = {  # key -> (test, what to use instead); a missing optional key reads as None
     **{f"model.{k}": POSITIVE for k in ("embedding_dim", "rnn_units", "num_layers")},
-    **{f"model.{k}": PROBABILITY for k in ("dropout", "emb_dropout", "out_dropout")},
+    **{f"model.{k}": PROBABILITY for k in ("dropout", "emb_dropout", "out_dropout", "weight_drop")},
+    "model.locked_dropout": ((lambda v: isinstance(v, bool)), "use true or false"),
     **{f"data.{k}": POSITIVE for k in ("seq_length", "batch_size", "val_streams")},
     "data.val_frac": (
         (lambda v: number(v) and 0 < v < 1),
