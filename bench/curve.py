@@ -37,19 +37,20 @@ def main() -> None:
     parser.add_argument("--marks", default="10,20,30,40,50,60", help="minutes, comma-separated")
     args = parser.parse_args()
     marks = [float(m) for m in args.marks.split(",")]
-    print("| run | " + " | ".join(f"{m:g} min" for m in marks) + " | best (w256) | at |")
-    print("|---|" + "---:|" * (len(marks) + 2))
+    print("| run | " + " | ".join(f"{m:g} min" for m in marks) + " | best (w256) | at | ended |")
+    print("|---|" + "---:|" * (len(marks) + 3))
     for run in args.runs:
         start, series = scalars(run)
         loss = series["val/loss"]
-        cells = [f"{best_by(loss, start, m):.4f}" for m in marks]
+        end = (loss[-1][0] - start) / 60  # marks after the last validation: left blank
+        cells = [f"{best_by(loss, start, m):.4f}" if m <= end + 1 else "" for m in marks]
         at, step, best = min(loss, key=lambda point: point[2])
         w256 = {s: v for _, s, v in series.get("val/loss_w256", [])}.get(step)
         best_cell = f"{best:.4f}" + (f" ({w256:.4f})" if w256 is not None else "")
         print(
             f"| {run.name} | "
             + " | ".join(cells)
-            + f" | {best_cell} | {(at - start) / 60:.1f} min |"
+            + f" | {best_cell} | {(at - start) / 60:.1f} min | {end:.1f} min |"
         )
 
 
