@@ -81,7 +81,7 @@ def test_recipe_configs_change_what_they_should(tmp_path: Path, corpus: Path):
     )
     _, module, trainer = build(cfg)
     net = module.net
-    assert (net.emb_dropout.p, net.out_dropout.p, net.rnn.dropout) == (0.2, 0.3, 0.1)
+    assert (net.emb_dropout, net.out_dropout, net.rnn.dropout) == (0.2, 0.3, 0.1)
     assert module.hparams.stateful is True
     assert any(type(c).__name__ == "EarlyStopping" for c in trainer.callbacks)
     module.trainer = trainer

@@ -36,13 +36,12 @@ class CharRNN(nn.Module):
         super().__init__()
         self.cell, self.num_layers, self.rnn_units = cell, num_layers, rnn_units
         self.weight_drop, self.locked = weight_drop, locked_dropout
+        self.emb_dropout, self.out_dropout = emb_dropout, out_dropout  # probabilities: see _dropout
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.emb_dropout = nn.Dropout(emb_dropout)
         # auto: FusedGRU for GRUs (faster on CPU, same weights and keys), nn.LSTM (oneDNN-fused)
         layer = FusedGRU if cell == "gru" and impl != "torch" else RNN_LAYERS[cell]
         dropout = dropout if num_layers > 1 else 0.0
         self.rnn = layer(embedding_dim, rnn_units, num_layers, batch_first=True, dropout=dropout)
-        self.out_dropout = nn.Dropout(out_dropout)
         self.head = nn.Linear(rnn_units, vocab_size)
 
     def init_hidden(self, batch: int, device=None) -> Hidden:
@@ -53,13 +52,13 @@ class CharRNN(nn.Module):
         self, ids: torch.Tensor, hidden: Hidden | None = None
     ) -> tuple[torch.Tensor, Hidden]:
         by_layer = self.training and self.locked and self.rnn.dropout  # locked masks between
-        emb_dropout = self.training and self.emb_dropout.p
+        emb_dropout = self.training and self.emb_dropout
         if isinstance(self.rnn, FusedGRU) and not (emb_dropout or by_layer):
             out, hidden = self._rnn(self.rnn, ids, hidden, embedding=self.embedding.weight)
         else:  # with embedding=, FusedGRU does the same as here, faster
-            x = self._dropout(self.emb_dropout.p, self.embedding(ids))
+            x = self._dropout(self.emb_dropout, self.embedding(ids))
             out, hidden = self._by_layer(x, hidden) if by_layer else self._rnn(self.rnn, x, hidden)
-        return self.head(self._dropout(self.out_dropout.p, out)), hidden
+        return self.head(self._dropout(self.out_dropout, out)), hidden
 
     def _dropout(self, p: float, x: torch.Tensor) -> torch.Tensor:
         """Dropout on [batch, time, features]; `locked`: one mask per sequence, the same at every
@@ -90,12 +89,11 @@ class CharRNN(nn.Module):
         device (a shape without storage) given that layer's weights."""
         rnn, lstm = self.rnn, self.cell == "lstm"
         hidden = self.init_hidden(x.shape[0], x.device) if hidden is None else hidden
-        finals = []
+        finals, names = [], ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         for k in range(self.num_layers):
             if k:
                 x = self._dropout(rnn.dropout, x)
             one = type(rnn)(x.shape[-1], rnn.hidden_size, batch_first=True, device="meta")
-            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             weights = {f"{n}_l0": getattr(rnn, f"{n}_l{k}") for n in names}
             state = tuple(h[k : k + 1] for h in hidden) if lstm else hidden[k : k + 1]
             x, final = self._rnn(one, x, state, weights=weights)
