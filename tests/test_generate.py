@@ -222,3 +222,12 @@ def test_generate_and_export_do_not_import_lightning():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_device_that_is_not_there_is_one_line():
+    from charrnn.run.generate import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    for name in ("nonsense", "cuda:7" if torch.cuda.is_available() else "cuda"):
+        with pytest.raises(CharRNNError, match=rf"^device: '{name}' is not usable here \(.+\); use"):
+            pick_device(name)

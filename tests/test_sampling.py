@@ -224,3 +224,18 @@ def test_sampler_leaves_the_training_net_alone():
     Sampler(net, VOCAB).generate("A", 20, 1.0, 0, 2, seed_generator(0))
     assert net.training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_the_epoch_sample_prompt_drops_what_the_corpus_lacks(caplog):
+    from types import SimpleNamespace
+
+    from charrnn.callbacks import SampleText
+
+    callback = SampleText(prompt="¿ROMEO?")
+    callback.on_fit_start(None, SimpleNamespace(vocab=VOCAB))
+    assert callback.prompt == "ROMEO?" and "'¿' not in this corpus" in caplog.text
+    callback = SampleText(prompt="¿")
+    callback.on_fit_start(None, SimpleNamespace(vocab=VOCAB))
+    assert callback.prompt == VOCAB.chars[0]
+    with pytest.raises(CharRNNError, match="^callbacks.sample_text.temperature: -1"):
+        SampleText(temperature=-1).on_fit_start(None, SimpleNamespace(vocab=VOCAB))

@@ -27,17 +27,13 @@ class SampleText(L.Callback):
         self.top_k, self.seed = top_k, seed
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        vocab = pl_module.vocab
-        # fail now, not after an epoch
-        check_options(vocab, self.length, self.temperature, self.top_k, 1, "callbacks.sample_text.")
-        unknown = vocab.unknown(self.prompt)
-        if unknown:  # a corpus without these characters must not stop training: sample without
+        vocab, key = pl_module.vocab, "callbacks.sample_text."
+        check_options(vocab, self.length, self.temperature, self.top_k, 1, key)  # now, not later
+        if unknown := vocab.unknown(self.prompt):  # another corpus's characters: sample without
             kept = "".join(c for c in self.prompt if c not in unknown) or vocab.chars[0]
+            shown = ", ".join(map(repr, unknown))
             log.warning(
-                "callbacks.sample_text.prompt %r has characters not in this corpus (%s); sampling from %r",
-                self.prompt,
-                ", ".join(map(repr, unknown)),
-                kept,
+                f"{key}prompt {self.prompt!r}: {shown} not in this corpus; sampling {kept!r}"
             )
             self.prompt = kept
 

@@ -23,7 +23,7 @@ def split_ids(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]
 
 class WindowBatches(Dataset):
     """Non-overlapping windows of seq_length+1 ids, indexed by (grid offset, window numbers): a
-    batch is one numpy gather, not 64 Python calls, and each epoch can move the boundaries."""
+    batch is one numpy gather, and each epoch can move the boundaries. Targets past the end: -100."""
 
     def __init__(self, ids: np.ndarray, seq_length: int):
         self.ids, self.seq_length = ids, seq_length
@@ -55,15 +55,13 @@ class EpochOrder(Sampler):
         self.start = resume[1] if resume is not None and resume[0] == self.epoch else 0
         return self.start
 
-    def generator(self) -> torch.Generator:
-        """The epoch's random stream: a function of (seed, epoch) alone, identical on every rank, so
-        a run resumed in the middle of an epoch redraws exactly the order it was interrupted in."""
+    def generator_and_offset(self, seq_length: int) -> tuple[torch.Generator, int]:
+        """The epoch's random stream, a function of (seed, epoch) alone (the same on every rank and
+        after a resume), and its grid offset: random in [0, seq_length) with `shift`, else 0."""
         state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
-        return torch.Generator().manual_seed(int(state))
-
-    def offset(self, generator: torch.Generator, seq_length: int) -> int:
-        """The epoch's grid offset: random in [0, seq_length) with `shift`, so boundaries move."""
-        return int(torch.randint(seq_length, (), generator=generator)) if self.shift else 0
+        generator = torch.Generator().manual_seed(int(state))
+        offset = int(torch.randint(seq_length, (), generator=generator)) if self.shift else 0
+        return generator, offset
 
 
 class ShuffledWindows(EpochOrder):
@@ -80,8 +78,7 @@ class ShuffledWindows(EpochOrder):
         return len(self.windows) // self.batch_size // self.world
 
     def __iter__(self):
-        generator = self.generator()
-        offset = self.offset(generator, self.windows.seq_length)
+        generator, offset = self.generator_and_offset(self.windows.seq_length)
         # int32 tensor: as a list, the 10M windows of a gigabyte take 400 MB; as int64, 80 MB
         order = torch.randperm(len(self.windows), generator=generator, dtype=torch.int32)
         for k in range(self.rank + self.start * self.world, len(self) * self.world, self.world):
@@ -117,22 +114,6 @@ def _inputs_targets(ids: np.ndarray, pos: np.ndarray) -> tuple[torch.Tensor, tor
     return torch.from_numpy(block[:, :-1]), torch.from_numpy(targets)
 
 
-class ZeroStateWindows(Dataset):
-    """The text as non-overlapping windows of `width` targets, `rows` per batch, each to be scored
-    from a zero state: nanoGPT's estimate_loss made deterministic (every character once)."""
-
-    def __init__(self, ids: np.ndarray, width: int, rows: int, rank=0, world=1):
-        self.ids, self.width = ids, width
-        starts = np.arange(0, len(ids) - 1, width)[rank::world]
-        self.batches = [starts[i : i + rows] for i in range(0, len(starts), rows)]
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _inputs_targets(self.ids, self.batches[k][:, None] + np.arange(self.width + 1))
-
-
 class StreamOrder(EpochOrder):
     """Batches of a StreamBatches in order (DDP ranks share out its rows, not batches)."""
 
@@ -144,7 +125,7 @@ class StreamOrder(EpochOrder):
         return len(self.streams)
 
     def __iter__(self):
-        offset = self.offset(self.generator(), self.streams.seq_length)
+        _, offset = self.generator_and_offset(self.streams.seq_length)
         for k in range(self.start, len(self)):
             yield offset, k
 
@@ -251,9 +232,10 @@ class CharDataModule(L.LightningDataModule):
         h = self.hparams
         streams = StreamBatches(self.val_text, h.val_streams * world, h.seq_length, rank, world)
         loaders = [_loader(streams, StreamOrder(streams, False))]
-        if h.get("val_window"):
-            windows = ZeroStateWindows(self.val_text, h.val_window, h.batch_size, rank, world)
-            loaders.append(_loader(windows, range(len(windows))))
+        if width := h.get("val_window"):  # every character once: the last window may be short
+            mine = list(range(rank, math.ceil((len(self.val_text) - 1) / width), world))
+            batches = [(0, mine[i : i + h.batch_size]) for i in range(0, len(mine), h.batch_size)]
+            loaders.append(_loader(WindowBatches(self.val_text, width), batches))
         return loaders
 
 

@@ -101,7 +101,7 @@ class CharLM(L.LightningModule):
         self.best_val_loss = best
         self.log_dict({"val/loss": loss, "val/bpc": bpc, "val/loss_best": best}, prog_bar=True)
         if w_count > 0:  # nanoGPT's protocol (each window from a zero state): compare with it here
-            width = self.trainer.val_dataloaders[1].dataset.width  # ZeroStateWindows'
+            width = self.trainer.val_dataloaders[1].dataset.seq_length  # WindowBatches'
             self.log(f"val/loss_w{width}", w_total / w_count)
         if self.trainer.is_global_zero:
             at = "epoch %d step %d: val/loss %.4f (%.3f bpc), best %.4f"

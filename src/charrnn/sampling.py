@@ -64,21 +64,19 @@ def clean_prompt(
 
 def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefix="") -> None:
     """A one-line error naming the option (`prefix` + its name) for any bad sampling option."""
-    positive, top = ((lambda v: whole(v) and v >= 1), "use a whole number >= 1"), vocab.unk_id
+    count, top = ((lambda v: whole(v) and v >= 1), "use a whole number >= 1"), vocab.unk_id
+    top_k_rule = f"use a whole number >= 0 and <= {top} (the vocabulary size)"
     rules = {
-        "length": positive,
-        "top_k": (
-            (lambda v: whole(v) and 0 <= v <= top),
-            f"use a whole number >= 0 and <= {top} (the vocabulary size)",
-        ),
-        "num_samples": positive,
+        "length": count,
+        "top_k": ((lambda v: whole(v) and 0 <= v <= top), top_k_rule),
+        "num_samples": count,
         "temperature": (
             (lambda v: number(v) and 0 <= v < math.inf),
             "use a number >= 0 (0 = greedy)",
         ),
     }
-    given = {"length": length, "top_k": top_k, "num_samples": num_samples}
-    check({**given, "temperature": temperature}.get, rules, prefix)
+    values = dict(length=length, top_k=top_k, num_samples=num_samples, temperature=temperature)
+    check(values.get, rules, prefix)
 
 
 class StepNet(nn.Module):
@@ -129,7 +127,7 @@ class StepNet(nn.Module):
             self.register_buffer(f"read_bias{layer}", torch.cat([torch.zeros(self.gates), b_out]))
 
     def state_sizes(self) -> list[int]:
-        """Widths of the state tensors: h per layer, (c per layer,) recurrent part per layer."""
+        """Widths of the state: h per layer, (c per layer,) recurrent part per layer."""
         return [self.size] * self.layers * (2 if self.lstm else 1) + [self.gates] * self.layers
 
     def product(self, layer: int, h: Tensor) -> Tensor:

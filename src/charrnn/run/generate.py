@@ -49,14 +49,10 @@ def read_prompt(cfg: DictConfig) -> str:
 def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(str(name))
-    except RuntimeError:
-        raise CharRNNError(
-            f"device: {name!r} is not a device; use cpu, cuda, cuda:1 or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CharRNNError(f"device: {name!r} is not available here (no CUDA); use device=cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CharRNNError(f"device: {name!r} is not available here (no MPS); use device=cpu")
+        torch.empty(0, device=device)  # fails where torch has no such device (no CUDA, no MPS)
+    except (RuntimeError, AssertionError) as err:
+        why = str(err).partition("\n")[0]
+        raise CharRNNError(f"device: {name!r} is not usable here ({why}); use device=cpu") from None
     return device
 
 

@@ -23,18 +23,9 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 ERROR_CHARS = 300  # of an error message in the printed/Markdown table
-COLUMNS = {  # key in result.json: column title
-    "job": "job",
-    "status": "status",
-    "overrides": "overrides",
-    "val_loss_best": "val/loss_best",
-    "val_bpc": "val/bpc",
-    "params": "params",
-    "epochs": "epochs",
-    "wall_time_s": "wall time (s)",
-    "best_checkpoint": "best checkpoint",
-    "error": "error",
-}
+_KEYS = "job status overrides val_loss_best val_bpc params epochs wall_time_s best_checkpoint error"
+_TITLES = {"val_loss_best": "val/loss_best", "val_bpc": "val/bpc", "wall_time_s": "wall time (s)"}
+COLUMNS = {key: _TITLES.get(key, key.replace("_", " ")) for key in _KEYS.split()}  # result.json's
 _NUMERIC = {"job", "val_loss_best", "val_bpc", "params", "epochs", "wall_time_s"}  # right-aligned
 
 
