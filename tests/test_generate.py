@@ -229,5 +229,7 @@ def test_a_device_that_is_not_there_is_one_line():
 
     assert pick_device("cpu") == torch.device("cpu")
     for name in ("nonsense", "cuda:7" if torch.cuda.is_available() else "cuda"):
-        with pytest.raises(CharRNNError, match=rf"^device: '{name}' is not usable here \(.+\); use"):
+        with pytest.raises(
+            CharRNNError, match=rf"^device: '{name}' is not usable here \(.+\); use"
+        ):
             pick_device(name)
