@@ -101,6 +101,52 @@ def measure_generation(
     return speeds
 
 
+def measure_export(
+    cell: str = "gru",
+    embedding_dim: int = 256,
+    rnn_units: int = 1024,
+    length: int = 1000,
+    repeats: int = 5,
+    precisions: tuple[str, ...] = WEIGHTS,
+    prompt: str = "ROMEO:",
+) -> dict[str, list[float]]:
+    """Characters per second at batch 1 of the exported `.pt2` step (loaded the README's way:
+    torch.export.load, no guards, no input checks) against the Sampler it was exported from,
+    interleaved: {"fp32_sampler": [...], "fp32_pt2": [...], ...}. Both run the same loop
+    (Sampler with the loaded step takes every input, as the README's loop does)."""
+    import io
+    import json
+    import tempfile
+
+    from charrnn.run.export import META, save_pt2
+
+    torch.manual_seed(0)
+    vocab = Vocab(SHAKESPEARE_CHARS)
+    net = CharRNN(vocab.size, cell, embedding_dim, rnn_units, 1).eval()
+    ways = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in precisions:
+            sampler = Sampler(net, vocab, precision=precision)
+            meta = {"vocab": vocab.chars, "state": sampler.state_sizes}
+            out = Path(tmp) / f"{precision}.pt2"
+            save_pt2(sampler, out, meta)
+            extra = {META: ""}
+            program = torch.export.load(io.BytesIO(out.read_bytes()), extra_files=extra)
+            step = program.module(check_guards=False)
+            step.validate_inputs = False
+            loaded = Sampler(None, vocab, step, json.loads(extra[META])["state"])
+            ways[f"{precision}_sampler"], ways[f"{precision}_pt2"] = sampler, loaded
+    for way in ways.values():  # warm-up
+        way.generate(prompt, length, 1.0, 0, 1, seed_generator(0))
+    speeds: dict[str, list[float]] = {name: [] for name in ways}
+    for repeat in range(repeats):
+        for name, way in ways.items():
+            start = time.perf_counter()
+            way.generate(prompt, length, 1.0, 0, 1, seed_generator(repeat))
+            speeds[name].append(length / (time.perf_counter() - start))
+    return speeds
+
+
 @torch.no_grad()
 def teacher_forced(step, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Feeds ids [T] one step at a time through `step` (a StepNet, the very code that generates);
@@ -164,9 +210,20 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained .ckpt (or last / best) for the quality")
     parser.add_argument("--corpus", default="data/shakespeare.txt", help="its text (val split)")
     parser.add_argument("--val-chars", type=int, default=5000, help="val characters scored")
+    parser.add_argument("--export", action="store_true", help="time the .pt2 step instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.export:
+        speeds = measure_export(
+            args.cell, args.embedding_dim, args.rnn_units, args.length, args.repeats
+        )
+        for p in WEIGHTS:
+            pt2, ours = (statistics.median(speeds[f"{p}_{w}"]) for w in ("pt2", "sampler"))
+            print(
+                f"  {p}: .pt2 {pt2:,.0f} chars/s, Sampler {ours:,.0f}: {ours / pt2:.2f}x its time"
+            )
+        return
     speeds = measure_generation(
         args.cell,
         args.embedding_dim,

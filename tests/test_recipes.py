@@ -105,7 +105,7 @@ def test_best_cpu_recipes_time_budget_drives_the_cosine_schedule(tmp_path: Path,
         "model.num_layers=1",
     )
     _, module, trainer = build(cfg)
-    assert (module.net.cell, module.net.weight_drop, module.net.locked) == ("lstm", 0.3, True)
+    assert (module.net.cell, module.net.weight_drop, module.net.locked) == ("lstm", 0.4, True)
     module.trainer = trainer
     config = module.configure_optimizers()
     schedule, optimizer = config["lr_scheduler"]["scheduler"], config["optimizer"]

@@ -4,7 +4,6 @@
 import pickle
 import re
 import textwrap
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,27 +22,21 @@ def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool
     """The checkpoint at `path` on the CPU, or one clear error. `mmap` maps the tensors (a cheap
     look); `ours=False` accepts any safe checkpoint (Lightning's own, e.g. DDP spawn's)."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise CharRNNError(
-            f"{key}: {path} does not exist; pass a .ckpt file such as "
-            "outputs/runs/<run>/checkpoints/last.ckpt, or continue the newest run with resume=last"
-        )
     if path.is_dir():
         raise CharRNNError(
             f"{key}: {path} is a directory; pass a .ckpt file inside it "
             f"(e.g. {path}/checkpoints/last.ckpt) or continue that run with resume={path}"
+        )
+    if not path.exists():
+        raise CharRNNError(
+            f"{key}: {path} does not exist; pass a .ckpt file such as "
+            "outputs/runs/<run>/checkpoints/last.ckpt, or continue the newest run with resume=last"
         )
     with open(path, "rb") as f:
         head = f.read(4)
     if head != b"PK\x03\x04":  # torch.save writes a zip archive
         what = "an empty file" if not head else "not a PyTorch checkpoint"
         raise CharRNNError(f"{key}: {path} is {what}; pass a .ckpt file written by src/train.py")
-    damaged = (
-        f"{key}: {path} is truncated or damaged ({{}}); use an intact checkpoint, "
-        "e.g. another .ckpt in the same directory"
-    )
-    if not zipfile.is_zipfile(path):
-        raise CharRNNError(damaged.format("its archive is incomplete"))
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
@@ -54,9 +47,12 @@ def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool
             "code (charrnn checkpoints hold only tensors and plain values): use a checkpoint "
             "written by src/train.py"
         ) from None
-    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:  # e.g. a cut-off zip
         reason = str(err).partition("\n")[0] or type(err).__name__
-        raise CharRNNError(damaged.format(reason)) from None
+        raise CharRNNError(
+            f"{key}: {path} is truncated or damaged ({reason}); use an intact checkpoint, "
+            "e.g. another .ckpt in the same directory"
+        ) from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if ours and not (
         isinstance(hparams, dict)
