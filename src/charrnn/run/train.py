@@ -103,12 +103,20 @@ class RunResult(L.Callback):
             if (run / "checkpoints" / LAST).exists():
                 how = "resume (e.g. with more trainer.max_epochs)"
                 lines.append(f"{how}: python src/train.py resume={run}")
-            params = sum(p.numel() for p in pl_module.parameters())
-            result = dict(status="ok", val_loss_best=best, val_bpc=bpc, params=params)
-            result |= dict(epochs=trainer.current_epoch, best_checkpoint=best_path)
-            result |= dict(world_size=trainer.world_size, threads=torch.get_num_threads())
-            result |= dict(precision=trainer.precision, precision_reason=self.precision_reason)
-            update_result(run, **result, cpu_steal=round(steal, 4))
+            update_result(
+                run,
+                status="ok",
+                val_loss_best=best,
+                val_bpc=bpc,
+                params=sum(p.numel() for p in pl_module.parameters()),
+                epochs=trainer.current_epoch,
+                best_checkpoint=best_path,
+                world_size=trainer.world_size,
+                threads=torch.get_num_threads(),
+                precision=trainer.precision,
+                precision_reason=self.precision_reason,
+                cpu_steal=round(steal, 4),
+            )
         log.info("done.\n  " + "\n  ".join(lines))
 
 
@@ -116,15 +124,21 @@ def _plain(node) -> dict | None:
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
-def _flat_params(node: dict, prefix: str = "") -> dict:
+def _flat_params(cfg: DictConfig) -> dict:
     """The run's hyperparameters as flat scalar key/values, for TensorBoard's HPARAMS view."""
-    flat = {}
-    for key, value in ((k, v) for k, v in node.items() if not k.startswith("_")):
-        if isinstance(value, dict):
-            flat |= _flat_params(value, f"{prefix}{key}.")
-        elif value is None or isinstance(value, (int, float, str)):
-            flat[prefix + key] = "null" if value is None else value
-    return flat
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            if key.startswith("_"):
+                continue
+            if isinstance(value, dict):
+                yield from walk(f"{prefix}{key}.", value)
+            elif value is None or isinstance(value, (int, float, str, bool)):
+                yield prefix + key, "null" if value is None else value
+
+    groups = {k: _plain(cfg[k]) for k in ("data", "model", "optimizer", "trainer") if k in cfg}
+    groups["scheduler"] = _plain(cfg.get("scheduler")) or {"name": "none"}
+    return dict(walk("", {"seed": cfg.seed, **groups}))
 
 
 def keep_freed_memory() -> None:
@@ -158,9 +172,7 @@ def build(
         stateful=cfg.data.stateful,
     )
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    groups = {k: _plain(cfg[k]) for k in ("data", "model", "optimizer", "trainer") if k in cfg}
-    groups["scheduler"] = _plain(cfg.get("scheduler")) or {"name": "none"}
-    callbacks.append(HParamsMetric(_flat_params({"seed": cfg.seed, **groups})))
+    callbacks.append(HParamsMetric(_flat_params(cfg)))
     callbacks.append(ResumeState(overrides))
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None]
     precision, why = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
