@@ -52,11 +52,14 @@ def test_last_and_best_resolve_to_the_newest_run(tmp_path):
     assert resolve("last", outputs) == old / "last.ckpt"
     assert resolve("best", outputs) == old / "epoch002-val_loss2.5000.ckpt"
     assert resolve(str(sweep / "last.ckpt"), outputs) == sweep / "last.ckpt"
+    assert resolve(str(sweep.parent), outputs) == sweep / "last.ckpt"  # a run dir: its last.ckpt
 
     (old / "last.ckpt").unlink()
     _touch(old / "epoch003-val_loss2.4000.ckpt", 4000)
     with pytest.raises(CharRNNError, match="has no last checkpoint"):
         resolve("last", outputs)
+    with pytest.raises(CharRNNError, match="has no checkpoints/last.ckpt"):
+        resolve(str(old.parent), outputs)
     with pytest.raises(CharRNNError, match="does not exist"):
         load(resolve(str(tmp_path / "nope.ckpt"), outputs))
 

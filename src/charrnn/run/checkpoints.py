@@ -97,13 +97,23 @@ def _best_in(folder: Path) -> Path | None:
     return min(candidates, key=key) if candidates else None
 
 
-def resolve(ckpt: str, runs_dir: str | Path = "outputs") -> Path:
-    """A checkpoint path from `ckpt`: a path, or `last`/`best` of the newest run under runs_dir."""
-    if ckpt is None or str(ckpt).strip() == "":
-        raise CharRNNError("ckpt is not set; pass ckpt=path/to/file.ckpt, ckpt=last or ckpt=best")
-    if str(ckpt) in ALIASES:
-        return newest_run_checkpoint(str(ckpt), Path(runs_dir).expanduser(), "ckpt")
-    return Path(str(ckpt)).expanduser()  # read_checkpoint names what is wrong with it
+def resolve(value, runs_dir: str | Path = "outputs", key: str = "ckpt") -> Path:
+    """The checkpoint `key=value` means: `last`/`best` of the newest run under runs_dir, a run
+    dir's last.ckpt, or a file (read_checkpoint names what is wrong with it)."""
+    if value is None or str(value).strip() == "":
+        raise CharRNNError(f"{key} is not set; pass {key}=path/to/file.ckpt, {key}=last or =best")
+    if str(value) in ALIASES:
+        return newest_run_checkpoint(str(value), Path(runs_dir).expanduser(), key)
+    path = Path(str(value)).expanduser()
+    if not path.is_dir():
+        return path
+    found = [p for p in (path / "checkpoints" / LAST, path / LAST) if p.is_file()]
+    if not found:
+        raise CharRNNError(
+            f"{key}={value}: {path} has no checkpoints/{LAST}; pass a run dir such as "
+            f"outputs/runs/<time>, a .ckpt file, or {key}=last"
+        )
+    return found[0]
 
 
 @dataclass

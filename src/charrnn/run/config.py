@@ -28,6 +28,17 @@ def _codec(name) -> bool:
 
 POSITIVE = (lambda v: whole(v) and v > 0), "use a whole number > 0"
 PROBABILITY = (lambda v: number(v) and 0 <= v < 1), "use a probability in [0, 1)"
+PATH = (lambda v: isinstance(v, str)), "use a path"
+HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+SHA256 = (lambda v: isinstance(v, str) and HEX64.fullmatch(v)), "use the file's 64-hex-digit sha256"
+ABOVE_0 = (lambda v: number(v) and v > 0), "use a number > 0"
+
+
+def or_null(rule: tuple, null_means: str = "") -> tuple:
+    ok, allowed = rule
+    return (lambda v: v is None or ok(v)), f"{allowed}, or null{null_means}"
+
+
 RULES = {  # key -> (test, what to use instead); a missing optional key reads as None
     **{f"model.{k}": POSITIVE for k in ("embedding_dim", "rnn_units", "num_layers")},
     **{f"model.{k}": PROBABILITY for k in ("dropout", "emb_dropout", "out_dropout", "weight_drop")},
@@ -37,41 +48,27 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
         (lambda v: number(v) and 0 < v < 1),
         "use a fraction strictly between 0 and 1",
     ),
-    "data.sha256": (
-        (lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v))),
-        "use the file's 64-hex-digit sha256, or null to skip the check",
-    ),
+    "data.sha256": or_null(SHA256, " to skip the check"),
     "data.encoding": (_codec, "use a text encoding Python knows, e.g. utf-8, latin-1 or cp1252"),
     "data.separator": ((lambda v: isinstance(v, str)), "use a string (a blank line: '\\n\\n')"),
-    "data.val_window": (
-        (lambda v: v is None or (whole(v) and v > 0)),
-        "use a whole number of characters > 0, or null for no zero-state windows",
-    ),
-    "data.download_timeout": ((lambda v: number(v) and v > 0), "use a number of seconds > 0"),
+    "data.val_window": or_null(POSITIVE, " for no zero-state windows"),
+    "data.download_timeout": ABOVE_0,  # seconds
     "trainer.precision": one_of(PRECISIONS),
     "trainer.accelerator": one_of(ACCELERATORS),
-    "trainer.max_epochs": (
-        (lambda v: v is None or (whole(v) and (v > 0 or v == -1))),
-        "use a whole number > 0 (or -1 for no limit)",
+    "trainer.max_epochs": or_null(
+        ((lambda v: whole(v) and (v > 0 or v == -1)), "use a whole number > 0 (-1: no limit)")
     ),
-    "trainer.gradient_clip_val": (
-        (lambda v: v is None or (number(v) and v > 0)),
-        "use a number > 0, or null for no clipping",
-    ),
+    "trainer.gradient_clip_val": or_null(ABOVE_0, " for no clipping"),
     "optimizer.lr": (
         (lambda v: number(v) and 0 < v < FLOAT32_MAX),
         "use a number > 0 (and below 3.4e38, the largest float32)",
     ),
-    "threads": (
-        (lambda v: v is None or (whole(v) and v > 0)),
-        "use a whole number > 0, or null for all cores",
+    "threads": or_null(POSITIVE, " for all cores"),
+    "callbacks.last_checkpoint.every_n_train_steps": or_null(
+        POSITIVE, " to write last.ckpt at epoch ends only"
     ),
-    "callbacks.last_checkpoint.every_n_train_steps": (
-        (lambda v: v is None or (whole(v) and v > 0)),
-        "use a whole number > 0, or null to write last.ckpt at epoch ends only",
-    ),
-    "ckpt_path": ((lambda v: v is None or isinstance(v, str)), "use a path (or null)"),
-    "resume": ((lambda v: v is None or isinstance(v, str)), "use a path (or null)"),
+    "ckpt_path": or_null(PATH),
+    "resume": or_null(PATH),
 }
 
 

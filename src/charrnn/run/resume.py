@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from charrnn.errors import CharRNNError
-from charrnn.run.checkpoints import LAST, newest_run_checkpoint, read_checkpoint
+from charrnn.run.checkpoints import read_checkpoint, resolve
 from charrnn.run.config import hydra_quoted
 
 OUTPUTS = Path("outputs")  # where hydra.run.dir / hydra.sweep.dir put runs (relative to the cwd)
@@ -25,27 +25,6 @@ def _quoted(value) -> str:
     """A path as a Hydra override value, quoted if it has characters the grammar treats apart."""
     text = str(value)
     return text if re.fullmatch(r"[\w/.\-]+", text) else hydra_quoted(text)
-
-
-def locate_resume(value: str, outputs: Path = OUTPUTS) -> Path:
-    """The last.ckpt that `resume=<value>` means: last (the newest run), a run dir, or a .ckpt."""
-    if value in ("last", "latest"):
-        return newest_run_checkpoint("last", outputs, "resume")
-    path = Path(value).expanduser()
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / LAST, path / LAST):
-            if candidate.is_file():
-                return candidate
-        raise CharRNNError(
-            f"resume={value}: {path} has no checkpoints/{LAST}; pass a run dir such as "
-            "outputs/runs/<time>, a .ckpt file, or resume=last"
-        )
-    if path.is_file():
-        return path
-    raise CharRNNError(
-        f"resume={value}: no such run dir or checkpoint; use resume=last, a run dir such as "
-        "outputs/runs/<time>, or a .ckpt file"
-    )
 
 
 def recorded_overrides(checkpoint: dict, run_dir: Path) -> list[str]:
@@ -76,7 +55,13 @@ def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
         raise CharRNNError("resume=... continues one run; drop -m/--multirun")
     if any(override_key(a) == "ckpt_path" for a in args):
         raise CharRNNError("give resume=... or ckpt_path=..., not both")
-    ckpt = locate_resume(values[-1], outputs).resolve()
+    ckpt = resolve(values[-1], outputs, "resume")
+    if not ckpt.is_file():
+        raise CharRNNError(
+            f"resume={values[-1]}: no such run dir or checkpoint; use resume=last, a run dir "
+            "such as outputs/runs/<time>, or a .ckpt file"
+        )
+    ckpt = ckpt.resolve()
     if ckpt.parent.name != "checkpoints":
         raise CharRNNError(
             f"resume={values[-1]}: {ckpt} is not inside a run's checkpoints/ dir, so there is no "
