@@ -84,16 +84,20 @@ def test_low_precision_logits_are_close_to_fp32(cell, layers, precision):
 
 def test_int8_product_is_w8a8_and_each_row_its_own():
     """int8 is h quantised per row (max|h| / 127) times the int8 weights, summed exactly and
-    dequantised: the fp32 reference of that, and the same values for a row alone as in a batch
-    of 5; bf16 h would be ~1e-3 off."""
+    dequantised: the fp32 reference of that, the same values for a row alone as in a batch of 5
+    and from either kernel (what generate.py runs, what an exported file runs); bf16 h would be
+    ~1e-3 off."""
     step = Sampler(make_net("gru", 2, scale=1.0), VOCAB, precision="int8").step
     h = torch.rand(5, 16, generator=seed_generator(0)) * 2 - 1
     s = h.abs().amax(1, keepdim=True) / 127
-    sums = ((h / s).round().double() @ step.read0.double()).float()  # exact: small integers
+    sums = ((h / s).round().double() @ step.read0.double().t()).float()  # exact: small integers
     want = sums * s * step.scale0 + step.read_bias0
     with torch.no_grad():
         batch = step.product(0, h)
         assert all(torch.equal(step.product(0, h[i : i + 1])[0], batch[i]) for i in range(5))
+        if step.packed[0] is not None:  # oneDNN's packed kernel and the exported graph's _int_mm
+            step.packed = [None] * step.layers
+            assert torch.equal(step.product(0, h), batch)
     torch.testing.assert_close(batch, want, rtol=1e-6, atol=1e-6)
 
 
