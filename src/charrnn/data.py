@@ -106,9 +106,12 @@ class StreamBatches(Dataset):
 
 
 def _inputs_targets(ids: np.ndarray, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ids at positions pos [rows, T + 1] as inputs and targets; targets past the end: -100."""
-    block = ids[np.minimum(pos, len(ids) - 1)].astype(np.int64)
-    release_pages(ids)
+    """The ids at positions pos [rows, T + 1] as inputs and targets; targets past the end: -100.
+    A row at a time: a mapped read faults in the large folio around it (~1.5 MB), let go at once."""
+    block = np.empty(pos.shape, dtype=np.int64)
+    for row, where in enumerate(np.minimum(pos, len(ids) - 1)):
+        block[row] = ids[where]
+        release_pages(ids)
     targets = block[:, 1:].copy()
     targets[pos[:, 1:] >= len(ids)] = -100
     return torch.from_numpy(block[:, :-1]), torch.from_numpy(targets)
@@ -233,7 +236,7 @@ class CharDataModule(L.LightningDataModule):
         streams = StreamBatches(self.val_text, h.val_streams * world, h.seq_length, rank, world)
         loaders = [_loader(streams, StreamOrder(streams, False))]
         if width := h.get("val_window"):  # every character once: the last window may be short
-            mine = list(range(rank, math.ceil((len(self.val_text) - 1) / width), world))
+            mine = range(rank, math.ceil((len(self.val_text) - 1) / width), world)  # not a list
             batches = [(0, mine[i : i + h.batch_size]) for i in range(0, len(mine), h.batch_size)]
             loaders.append(_loader(WindowBatches(self.val_text, width), batches))
         return loaders
