@@ -8,6 +8,7 @@ import torch
 
 from charrnn.data import (
     CharDataModule,
+    Shuffle,
     ShuffledWindows,
     StreamBatches,
     StreamOrder,
@@ -50,6 +51,17 @@ def test_shuffled_windows_cover_each_window_once_per_epoch_and_drop_the_partial_
     assert epochs[0][0][1] != epochs[1][0][1]  # reshuffled every epoch
     sampler.set_epoch(1)
     assert list(sampler) == epochs[1]  # an epoch's order depends only on (seed, epoch)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 99, 4096, 100_003])
+def test_shuffle_is_a_random_order_of_every_window_read_a_slice_at_a_time(n):
+    order = Shuffle(n, torch.Generator().manual_seed(n))[0:n]
+    assert sorted(order) == list(range(n))
+    pieces = Shuffle(n, torch.Generator().manual_seed(n))
+    assert [w for k in range(0, n, 7) for w in pieces[k : k + 7]] == order
+    if n > 1000:  # another seed, another order; neighbours as far apart as random pairs (n / 3)
+        assert Shuffle(n, torch.Generator().manual_seed(0))[0:n] != order
+        assert 0.3 < np.abs(np.diff(order)).mean() / n < 0.37
 
 
 def test_ddp_ranks_take_disjoint_batches():
@@ -95,11 +107,13 @@ def test_datamodule_batches_and_validation_covers_the_val_text_once(corpus: Path
         val_targets = val_targets[val_targets >= 0]
         assert len(val_targets) == len(module.val_ids) == len(val_text)
         assert module.vocab.decode(val_targets.sort().values) == "".join(sorted(val_text))
-    # the windows tile the val text in order: 256 targets each (the last padded), 8 per batch
-    batches = list(windows)
-    assert all(x.shape == y.shape == (8, 256) for x, y in batches[:-1])
-    targets = torch.cat([y for _, y in batches]).flatten()
-    assert module.vocab.decode(targets[targets >= 0]) == val_text
+    # the windows tile the val text in order: val_window targets each (the last padded), as many
+    # per batch as fit in a training batch's 8 x 20 positions (at least one)
+    for width, tiled in ((256, module), (32, _module(corpus, val_window=32))):
+        batches = list(tiled.val_dataloader()[1])
+        assert all(x.shape == y.shape == (max(1, 160 // width), width) for x, y in batches[:-1])
+        targets = torch.cat([y for _, y in batches]).flatten()
+        assert tiled.vocab.decode(targets[targets >= 0]) == val_text
     assert _module(corpus, val_window=None).val_dataloader()[1:] == []
 
 

@@ -64,6 +64,31 @@ class EpochOrder(Sampler):
         return generator, offset
 
 
+class Shuffle:
+    """A random order of range(n), computed a slice at a time: a 4-round Feistel network (a
+    bijection of [0, 4^half)) whose outputs past n are mapped again until they land inside (cycle
+    walking). The 10M windows of a gigabyte need no 40 MB index array (torch.randperm's)."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.half = n, max(1, ((n - 1).bit_length() + 1) // 2)
+        self.keys = [np.uint64(k) for k in torch.randint(2**62, (4,), generator=generator)]
+
+    def _rounds(self, x: np.ndarray) -> np.ndarray:
+        half, mask = np.uint64(self.half), np.uint64((1 << self.half) - 1)
+        left, right = x >> half, x & mask
+        for key in self.keys:  # F(right): the high half of a multiplicative hash (mod 2^64)
+            mixed = ((right ^ key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+            left, right = right, left ^ (mixed & mask)
+        return (left << half) | right
+
+    def __getitem__(self, part: slice) -> list[int]:
+        span = range(self.n)[part]
+        out = self._rounds(np.arange(span.start, span.stop, span.step, dtype=np.uint64))
+        while (outside := out >= self.n).any():
+            out[outside] = self._rounds(out[outside])
+        return out.tolist()
+
+
 class ShuffledWindows(EpochOrder):
     """One item per batch: the epoch's grid offset and `batch_size` shuffled window numbers.
     The order is the same on every rank; rank r of `world` takes every world-th batch."""
@@ -79,10 +104,9 @@ class ShuffledWindows(EpochOrder):
 
     def __iter__(self):
         generator, offset = self.generator_and_offset(self.windows.seq_length)
-        # int32 tensor: as a list, the 10M windows of a gigabyte take 400 MB; as int64, 80 MB
-        order = torch.randperm(len(self.windows), generator=generator, dtype=torch.int32)
+        order = Shuffle(len(self.windows), generator)
         for k in range(self.rank + self.start * self.world, len(self) * self.world, self.world):
-            yield offset, order[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+            yield offset, order[k * self.batch_size : (k + 1) * self.batch_size]
 
 
 class StreamBatches(Dataset):
@@ -237,7 +261,8 @@ class CharDataModule(L.LightningDataModule):
         loaders = [_loader(streams, StreamOrder(streams, False))]
         if width := h.get("val_window"):  # every character once: the last window may be short
             mine = range(rank, math.ceil((len(self.val_text) - 1) / width), world)  # not a list
-            batches = [(0, mine[i : i + h.batch_size]) for i in range(0, len(mine), h.batch_size)]
+            rows = max(1, h.batch_size * h.seq_length // width)  # no more positions than training's
+            batches = [(0, mine[i : i + rows]) for i in range(0, len(mine), rows)]  # (peak memory)
             loaders.append(_loader(WindowBatches(self.val_text, width), batches))
         return loaders
 
