@@ -717,7 +717,8 @@ def corpus_file(given: str | None) -> Path:
     from charrnn.corpus import locate_corpus
 
     data = OmegaConf.load(ROOT / "conf" / "data" / "shakespeare.yaml")
-    return locate_corpus(None, str(ROOT / data.cache_dir), data.url, data.sha256)
+    (path,) = locate_corpus(None, str(ROOT / data.cache_dir), data.url, data.sha256)
+    return path
 
 
 def main(argv=None) -> int:

@@ -56,3 +56,17 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert _is_stats(startup["first_step_s"]) and startup["first_step_s"]["min"] > 0
     assert _is_stats(startup["import_charrnn.run.train_s"])
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # nothing else left here
+
+
+def test_without_corpus_it_takes_the_verified_download(tmp_path, monkeypatch):
+    """`make bench` (no --corpus) reads the cached tiny Shakespeare, one file."""
+    import importlib
+
+    import charrnn.corpus
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as `python bench/run.py` has it
+    bench = importlib.import_module("run")
+    cached = tmp_path / "shakespeare.txt"
+    monkeypatch.setattr(charrnn.corpus, "locate_corpus", lambda path, *args: [cached])
+    assert bench.corpus_file(None) == cached
+    assert bench.corpus_file(str(tmp_path / "own.txt")) == tmp_path / "own.txt"
