@@ -64,18 +64,19 @@ class GRURecurrence(torch.autograd.Function):
         if train:
             coef = h0.new_empty(steps, batch, 3, size)  # d(r, z, n pre-activations of gh) / dh_t
             n_coef = h0.new_empty(steps, batch, size)  # d(n pre-activation of gi) / dh_t
-        gates = h0.new_empty(steps, batch, 2 * size)  # r and z, kept for backward
+            zs = h0.new_empty(steps, batch, size)  # z, kept for backward (r is only in coef)
+        rz_t = h0.new_empty(batch, 2 * size)  # this step's r and z
         recurrent = row_product(w_hh, batch, steps, gi.dtype)  # casts w_hh once per sequence
         for t in range(steps):
             h, gi_t = states[t], gi[t].to(h0.dtype)  # a no-op in fp32
             gh = recurrent(h, b_hh)
-            rz = torch.add(gi_t[:, : 2 * size], gh[:, : 2 * size], out=gates[t]).sigmoid_()
+            rz = torch.add(gi_t[:, : 2 * size], gh[:, : 2 * size], out=rz_t).sigmoid_()
             r, z = rz[:, :size], rz[:, size:]
             hn = gh[:, 2 * size :]
             n = torch.addcmul(gi_t[:, 2 * size :], r, hn).tanh_()
             h_next = torch.lerp(n, h, z, out=states[t + 1])  # (1 - z) n + z h
             if train:  # the coefficients, from values still in cache
-                c, keep = coef[t], 1 - z
+                c, keep = coef[t], 1 - zs[t].copy_(z)
                 dn = torch.addcmul(keep, keep, n * n, value=-1, out=n_coef[t])  # (1-z)(1-n²)
                 c_n = torch.mul(dn, r, out=c[:, 2])
                 c_r = c_n * hn
@@ -84,14 +85,14 @@ class GRURecurrence(torch.autograd.Function):
         if train:
             ctx.save_for_backward(w_hh)
             ctx.product_dtype = gi.dtype
-            ctx.states, ctx.coef, ctx.n_coef, ctx.gates = states, coef, n_coef, gates
+            ctx.states, ctx.coef, ctx.n_coef, ctx.zs = states, coef, n_coef, zs
         return states[1:]
 
     @staticmethod
     def backward(ctx, grad_out):
         (w_hh,) = ctx.saved_tensors
-        states, coef, n_coef, gates = ctx.states, ctx.coef, ctx.n_coef, ctx.gates
-        del ctx.states, ctx.coef, ctx.n_coef, ctx.gates
+        states, coef, n_coef, zs = ctx.states, ctx.coef, ctx.n_coef, ctx.zs
+        del ctx.states, ctx.coef, ctx.n_coef, ctx.zs
         steps, batch, _, size = coef.shape
         dtype = ctx.product_dtype  # every consumer of these two gradients wants them in it
         grad_gh = torch.empty_like(coef, dtype=dtype)  # gradient of the recurrent pre-activations
@@ -102,7 +103,7 @@ class GRURecurrence(torch.autograd.Function):
             dh = carry + grad_out[t]
             torch.mul(coef[t], dh.unsqueeze(1), out=grad_gh[t])
             torch.mul(n_coef[t], dh, out=grad_gi_n[t])
-            carry = back(grad_gh[t].view(batch, 3 * size)).addcmul_(dh, gates[t, :, size:])
+            carry = back(grad_gh[t].view(batch, 3 * size)).addcmul_(dh, zs[t])
         flat_gh = grad_gh.view(-1, 3 * size)
         grad_gi = grad_w_hh = grad_b_hh = None
         if ctx.needs_input_grad[2]:  # one sequence-long product instead of one per step
