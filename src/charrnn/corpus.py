@@ -167,7 +167,7 @@ def ids_cache_path(files: list[Path], separator: str = "\n\n", encoding: str = "
     sha256 of every file's content, the separator, the encoding and IDS_CACHE_FORMAT."""
     key = hashlib.sha256(f"charrnn ids {IDS_CACHE_FORMAT} {encoding} {separator!r}".encode())
     memo_path = files[0].with_name(f".{files[0].name}.digests.json")
-    memo, fresh = _read_memo(memo_path), {}
+    memo, fresh, started = _read_memo(memo_path), {}, time.time_ns()  # before any file is read
     for path in files:
         stat, name = path.stat(), str(path.resolve())
         stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
@@ -175,7 +175,7 @@ def ids_cache_path(files: list[Path], separator: str = "\n\n", encoding: str = "
         if digest is None:
             with _opened(path) as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if time.time_ns() - stat.st_mtime_ns > RACY_NS:  # else it may change within its mtime
+        if started - stat.st_mtime_ns > RACY_NS:  # else it may change within its mtime
             fresh[name] = {str(stamp): digest}
         key.update(bytes.fromhex(digest))
     if fresh != memo:

@@ -260,9 +260,9 @@ class CharDataModule(L.LightningDataModule):
         streams = StreamBatches(self.val_text, h.val_streams * world, h.seq_length, rank, world)
         loaders = [_loader(streams, StreamOrder(streams, False))]
         if width := h.get("val_window"):  # every character once: the last window may be short
-            mine = range(rank, math.ceil((len(self.val_text) - 1) / width), world)  # not a list
-            rows = max(1, h.batch_size * h.seq_length // width)  # no more positions than training's
-            batches = [(0, mine[i : i + rows]) for i in range(0, len(mine), rows)]  # (peak memory)
+            mine = range(rank, math.ceil((len(self.val_text) - 1) / width), world)
+            rows = max(1, h.batch_size * h.seq_length // width)  # peak memory: training's, no more
+            batches = [(0, mine[i : i + rows]) for i in range(0, len(mine), rows)]
             loaders.append(_loader(WindowBatches(self.val_text, width), batches))
         return loaders
 
