@@ -2,11 +2,12 @@
 or with only onnxruntime (.onnx), generate.py's greedy text."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from omegaconf import OmegaConf
 
 from charrnn.errors import CharRNNError
@@ -14,8 +15,8 @@ from charrnn.run.checkpoints import load, resolve
 from charrnn.run.export import export
 from charrnn.sampling import Sampler, seed_generator
 
-# Runs in `python -I` (no user site, no cwd on the path) with charrnn (and for ONNX torch too)
-# hidden even from the editable install. The part after the marker is the README's snippet.
+# The README's snippet, run in `python -I` (no user site, no cwd on the path) with charrnn (and
+# for ONNX torch too) hidden even from the editable install; then a JSON line of what it made.
 HIDE = r"""
 import json, sys
 
@@ -33,68 +34,26 @@ for name in HIDDEN:
         pass
 path, cases = sys.argv[1], json.loads(sys.argv[2])
 """
-
-PT2 = r"""
-# --- README snippet ---
-import json, torch
-
-extra = {"charrnn.json": ""}
-step = torch.export.load(path, extra_files=extra).module(check_guards=False)
-step.validate_inputs = False  # one step for every row; our inputs fit, so skip torch's checks
-meta = json.loads(extra["charrnn.json"])
-chars, known = meta["vocab"], len(meta["vocab"])
-
-def generate(prompt, length, temperature=1.0, top_k=0, rows=1, seed=0):
-    gen, kth = torch.Generator().manual_seed(seed), torch.tensor([(top_k or known) - 1])
-    ids, state = torch.tensor([chars.index(c) for c in prompt]), [torch.zeros(1, n) for n in meta["state"]]
-    for i in ids[:-1]:  # the prompt, on one row
-        _, state = step(i[None], torch.zeros(1, known), kth, state)
-    state, pending, out = [s.expand(rows, -1).contiguous() for s in state], ids[-1:].expand(rows), []
-    for done in range(0, length, 32):  # Gumbel-max noise, drawn per chunk of 32 steps
-        u = torch.rand([min(32, length - done), rows, known], generator=gen)
-        noise = u.log().neg().log().neg() * temperature if temperature else u * 0
-        for t in range(len(u)):
-            pending, state = step(pending, noise[t], kth, state)
-            out.append(pending)
-    return ["".join(chars[i] for i in row) for row in torch.stack(out, 1).tolist()]
-
-texts = generate("ROMEO:", 120, temperature=0.8, seed=11)
-# --- end ---
-print(json.dumps({"texts": texts, "vocab": "".join(chars), "precision": meta["precision"],
-                  "cases": [generate(*c) for c in cases]}))
+REPORT = r"""
+print(json.dumps({"vocab": "".join(chars), "meta": meta, "cases": [generate(*c) for c in cases]}))
 """
 
-ONNX = r"""
-# --- README snippet ---
-import json, numpy as np, onnxruntime as ort
 
-session = ort.InferenceSession(path)  # one step for every row
-meta = json.loads(session.get_modelmeta().custom_metadata_map["charrnn.json"])
-chars, known, names = meta["vocab"], len(meta["vocab"]), [i.name for i in session.get_inputs()]
-step = lambda *inputs: session.run(None, dict(zip(names, inputs)))
+def readme_snippet(file_name: str) -> str:
+    """The README's python block that generates from `file_name`, reading `path` instead."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (block,) = [b for b in blocks if f'"{file_name}"' in b]
+    return block.replace(f'"{file_name}"', "path")
 
-def generate(prompt, length, temperature=0.0, top_k=0, rows=1, seed=0):
-    rng, kth = np.random.default_rng(seed), np.array([(top_k or known) - 1])
-    ids, state = np.array([chars.index(c) for c in prompt]), [np.zeros((1, n), np.float32) for n in meta["state"]]
-    for i in ids[:-1]:  # the prompt, on one row
-        _, *state = step(i[None], np.zeros((1, known), np.float32), kth, *state)
-    state, pending, out = [s.repeat(rows, 0) for s in state], ids[-1:].repeat(rows), []
-    for _ in range(length):  # Gumbel-max: argmax(logits + T * Gumbel noise)
-        noise = (temperature * rng.gumbel(size=(rows, known))).astype(np.float32)
-        pending, *state = step(pending, noise, kth, *state)
-        out.append(pending)
-    return ["".join(chars[i] for i in row) for row in np.stack(out, 1)]
 
-texts = generate("ROMEO:", 120)  # greedy
-# --- end ---
-print(json.dumps({"texts": texts, "vocab": "".join(chars), "cases": [generate(*c) for c in cases]}))
-"""
-
+# the last: a prompt longer than one exported call's chunk of steps
 CASES = [("JULIET:", 50, 1.0, 5, 3, 2), ("ROMEO:", 60, 0.0, 0, 2, 0), ("A", 40, 1.7, 0, 1, 99)]
+CASES += [("ROMEO: " * 6, 30, 1.0, 0, 2, 3)]
 
 
-def run_isolated(snippet: str, hidden: set, out, cases, cwd) -> dict:
-    code = f"HIDDEN = {sorted(hidden)!r}\n" + HIDE + snippet
+def run_isolated(snippet: str, hidden: set, out, cases, cwd) -> tuple[str, dict]:
+    """What the snippet printed, and its report."""
+    code = f"HIDDEN = {sorted(hidden)!r}\n" + HIDE + snippet + REPORT
     result = subprocess.run(
         [sys.executable, "-I", "-c", code, str(out), json.dumps(cases)],
         cwd=cwd,
@@ -103,7 +62,8 @@ def run_isolated(snippet: str, hidden: set, out, cases, cwd) -> dict:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    printed, _, report = result.stdout.rstrip("\n").rpartition("\n")
+    return printed + "\n", json.loads(report)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
@@ -125,10 +85,10 @@ def test_exported_file_generates_what_generate_py_generates(trained_run, tmp_pat
     )
     assert generated.returncode == 0, generated.stderr
 
-    got = run_isolated(PT2, {"charrnn"}, out, CASES, tmp_path)
+    printed, got = run_isolated(readme_snippet("generator.pt2"), {"charrnn"}, out, CASES, tmp_path)
 
-    assert generated.stdout == "ROMEO:" + got["texts"][0] + "\n"
-    assert got["precision"] == precision
+    assert generated.stdout == printed
+    assert got["meta"]["precision"] == precision
     trained = load(resolve("last", trained_run / "outputs"))
     assert got["vocab"] == trained.vocab.chars
     sampler = Sampler(trained.net, trained.vocab, precision=precision)
@@ -149,9 +109,10 @@ def test_onnx_file_under_onnxruntime_generates_generate_py_greedy_text(trained_r
     )
     assert generated.returncode == 0, generated.stderr
     cases = [("JULIET:", 50, 0.0, 0, 3), ("A", 40, 1.0, 5, 2, 7)]
-    got = run_isolated(ONNX, {"charrnn", "torch"}, out, cases, tmp_path)
+    snippet = readme_snippet("generator.onnx")
+    printed, got = run_isolated(snippet, {"charrnn", "torch"}, out, cases, tmp_path)
 
-    assert generated.stdout == "ROMEO:" + got["texts"][0] + "\n"
+    assert generated.stdout == printed
     trained = load(resolve("last", trained_run / "outputs"))
     greedy = Sampler(trained.net, trained.vocab).generate("JULIET:", 50, 0.0, 0, 3)
     assert got["cases"][0] == greedy

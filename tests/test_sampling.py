@@ -26,17 +26,22 @@ def make_net(cell="gru", layers=1, vocab=VOCAB, scale=3.0, seed=0, recurrent=1.0
 CELLS = [("gru", 1), ("lstm", 1), ("gru", 3), ("lstm", 2)]
 
 
-@pytest.mark.parametrize("cell,layers", CELLS)
-def test_greedy_is_the_models_argmax_step_by_step(cell, layers):
+LONG_PROMPT = "ROMEO: MAIDEN, TRUE JULIET! LIE DOUN, LIE!"  # fed over several chunks of steps
+
+
+@pytest.mark.parametrize(
+    "cell,layers,prompt", [(*c, "ROMEO:") for c in CELLS] + [(*c, LONG_PROMPT) for c in CELLS[:2]]
+)
+def test_greedy_is_the_models_argmax_step_by_step(cell, layers, prompt):
     net = make_net(cell, layers, seed=1, recurrent=3.0)
-    (text,) = Sampler(net, VOCAB).generate("ROMEO:", 40, temperature=0)
+    (text,) = Sampler(net, VOCAB).generate(prompt, 40, temperature=0)
     assert len(set(text)) >= 4  # a varied text, or the comparison would prove little
     # the model's output at t depends only on inputs up to t, so one pass over prompt + text
     # gives, at every position, what the growing sequence gives (and spares oneDNN's LSTM a new
     # kernel per length)
-    ids = torch.tensor([list(VOCAB.encode("ROMEO:" + text))])
-    with torch.no_grad():
-        logits = net(ids)[0][0, 5:-1, : VOCAB.unk_id]  # before each generated char; no unknown
+    ids = torch.tensor([list(VOCAB.encode(prompt + text))])
+    with torch.no_grad():  # before each generated char; no unknown
+        logits = net(ids)[0][0, len(prompt) - 1 : -1, : VOCAB.unk_id]
     assert "".join(VOCAB.chars[i] for i in logits.argmax(1).tolist()) == text
 
 
@@ -54,8 +59,8 @@ def test_step_logits_equal_the_models_logits(cell, layers):
         for k in range(len(ids)):
             picks = torch.tensor([k, k + 7, k + 13]) % known
             noise = -expected[k].expand(3, -1) + 1e-3 * torch.eye(known)[picks]
-            pending, state = step(ids[k].expand(3), noise, None, state)
-            assert pending.tolist() == picks.tolist()
+            drawn, state = step(ids[k].expand(1, 3), ids[0].expand(3), noise[None], None, state)
+            assert drawn.tolist() == [picks.tolist()]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])

@@ -15,7 +15,7 @@ from charrnn.errors import CharRNNError, check, number, whole
 from charrnn.fused_gru import bf16_matmul_supported
 from charrnn.vocab import Vocab
 
-CHUNK = 32  # steps per chunk: Gumbel noise is drawn and on_step called once per chunk
+CHUNK = 8  # steps per call of an exported file; noise is drawn, on_step called per chunk
 SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # of the step's weights (see resolve_precision)
@@ -98,7 +98,7 @@ def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefi
 
 
 class StepNet(nn.Module):
-    """A CharRNN's weights laid out for generation (no dropout); `forward` is one step for all rows.
+    """A CharRNN's weights laid out for generation (no dropout); `forward` runs steps for all rows.
 
     Layer 0's input is a row of a per-character table; layer l's new h goes through one product
     with [W_hh_l | W_ih_l+1] (the top layer's with [W_hh | head]): its next recurrent part and the
@@ -160,7 +160,9 @@ class StepNet(nn.Module):
             return nn.functional.linear(h.bfloat16(), w).float().add_(bias)
         s = h.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127
         q, scale, packed = (h / s).round_(), getattr(self, f"scale{layer}"), self.packed[layer]
-        if torch.compiler.is_exporting() or packed is None or h.shape[0] == 1:
+        if torch.compiler.is_exporting():  # (_to_copy: q.to would add a 3 us metadata assert)
+            acc = torch._int_mm(torch.ops.aten._to_copy(q, dtype=torch.int8), w.t()).mul(scale)
+        elif packed is None or h.shape[0] == 1:
             acc = torch._int_mm(q.to(torch.int8), w.t()).mul(scale)  # fp32; one row: a gemv
         else:  # the same values (exact int32 sums times scale), q shifted to uint8 as it takes
             q, (w, zeros) = q.add_(128).to(torch.uint8), packed
@@ -192,15 +194,39 @@ class StepNet(nn.Module):
         return x, new
 
     def forward(
-        self, ids: Tensor, noise: Tensor | None, kth: Tensor | None, state: list[Tensor]
+        self, feed: Tensor, last: Tensor, noise: Tensor | None, kth: Tensor | None, state: list
     ) -> tuple[Tensor, list[Tensor]]:
-        """Feeds ids [B]; returns the next ids [B] and the new state. `noise` [B, known]: T * Gumbel
-        noise (None: greedy); `kth` [1]: the rank of the last character top-k keeps (None: all)."""
-        x, new = self.logits(ids, state)
-        if kth is not None:
-            cut = x.sort(1, descending=True).values.index_select(1, kth)
-            x = x.masked_fill(x < cut, -math.inf)
-        return torch.argmax(x if noise is None else x + noise, 1), new
+        """Runs feed.shape[0] steps for all rows; returns the ids drawn at each step [S, B] and the
+        new state. Step t reads feed[t] where it is >= 0, else the id drawn the step before (at
+        step 0: `last` [B]). `noise` [S, B, known]: T * Gumbel noise (None: greedy); `kth` [1]:
+        the rank of the last character top-k keeps (None: all). Exported, S is fixed: one call
+        runs a chunk, so the per-call costs (pytree, torch.cond) are paid once per chunk."""
+        if not torch.compiler.is_exporting():
+            return self.steps(feed, last, noise, kth, state)
+
+        def branch(top_k: bool):  # an export always gets kth: top-k's sort only where it cuts
+            def run(feed, last, noise, kth, *state):
+                drawn, new = self.steps(feed, last, noise, kth if top_k else None, list(state))
+                return drawn, *(s.contiguous() for s in new)  # (cond's outputs must be dense)
+
+            return run
+
+        operands, cuts = (feed, last, noise, kth, *state), kth[0] < noise.shape[2] - 1
+        drawn, *new = torch.cond(cuts, branch(True), branch(False), operands)
+        return drawn, new
+
+    def steps(self, feed, last, noise, kth, state) -> tuple[Tensor, list[Tensor]]:
+        """`forward` in eager: top-k only if kth is given."""
+        given, drawn = (feed >= 0).unbind(0), []
+        noises = noise.unbind(0) if noise is not None else [None] * feed.shape[0]
+        for t, ids in enumerate(feed.unbind(0)):
+            x, state = self.logits(torch.where(given[t], ids, last), state)
+            if kth is not None:
+                cut = x.sort(1, descending=True).values.index_select(1, kth)
+                x = x.masked_fill(x < cut, -math.inf)
+            last = torch.argmax(x if noises[t] is None else x + noises[t], 1)
+            drawn.append(last)
+        return torch.stack(drawn), state
 
 
 def gumbel_noise(steps: int, rows: int, known: int, temperature: float, generators) -> Tensor:
@@ -224,8 +250,9 @@ def seed_generator(seed: int) -> torch.Generator:
 
 
 class Sampler:
-    """The prompt fed step by step on one row, then a character per step for every row. `step`: a
-    loaded export instead of StepNet (it takes every input: zero noise, kth = known - 1 for all)."""
+    """Chunks of steps on every row: the prompt fed, then a character drawn per step. `step`: a
+    loaded export instead of StepNet (it takes every input, zero noise and kth = known - 1 for
+    all, in whole chunks)."""
 
     def __init__(self, net, vocab: Vocab, step=None, state_sizes=None, precision="fp32"):
         self.vocab, self.full = vocab, step is not None
@@ -257,29 +284,27 @@ class Sampler:
             raise CharRNNError(
                 f"give one generator, or one per sample ({num_samples}), not {len(generators)}"
             )
-        known, device, rows = self.vocab.unk_id, self.device, num_samples
-        ids = torch.as_tensor(self.vocab.encode(prompt), dtype=torch.long, device=device)
-        state = [torch.zeros(1, n, device=device) for n in self.state_sizes]
+        known, device, rows, fed = self.vocab.unk_id, self.device, num_samples, len(prompt) - 1
+        steps = fed + length  # the prompt but its last character (draws unused), then the text
+        feed = torch.full([steps, rows], -1, device=device)  # -1: the id drawn the step before
+        feed[: fed + 1] = torch.as_tensor(self.vocab.encode(prompt), device=device)[:, None]
+        state = [torch.zeros(rows, n, device=device) for n in self.state_sizes]
         kth = torch.tensor([(top_k or known) - 1], device=device)
         kth = kth if top_k or self.full else None
-        fill = torch.zeros(1, known, device=device) if self.full else None
-        for t in range(ids.numel() - 1):
-            _, state = self.step(ids[t : t + 1], fill, kth, state)
-        state = [s.expand(rows, -1).contiguous() for s in state]
-        pending, pieces = ids[-1:].expand(rows).contiguous(), []
-        for done in range(0, length, CHUNK):
-            steps = min(CHUNK, length - done)
-            noise = None  # greedy: no noise (a loaded export takes zeros)
+        last, pieces = feed[0], []
+        for at in range(0, steps, CHUNK):
+            size = min(CHUNK, steps - at)
+            chunk, noise = feed[at : at + size], None  # greedy: no noise
             if temperature > 0:
-                noise = gumbel_noise(steps, rows, known, float(temperature), generators).to(device)
-            elif self.full:
-                noise = torch.zeros(steps, rows, known)
-            chunk = []
-            for t in range(steps):
-                pending, state = self.step(pending, None if noise is None else noise[t], kth, state)
-                chunk.append(pending)
-            pieces.append(torch.stack(chunk, 1))
+                noise = gumbel_noise(size, rows, known, float(temperature), generators).to(device)
+            if self.full:  # a loaded export takes every input, whole chunks (pads' draws unused)
+                chunk = torch.cat([chunk, chunk.new_full([CHUNK - size, rows], -1)])
+                zeros = torch.zeros(CHUNK, rows, known)
+                noise = zeros if noise is None else zeros.index_copy_(0, torch.arange(size), noise)
+            drawn, state = self.step(chunk, last, noise, kth, state)
+            last = drawn[size - 1]
+            pieces.append(drawn[max(0, fed - at) : size])
             if on_step is not None:
-                for column in pieces[-1].t().tolist():
+                for column in pieces[-1].tolist():
                     on_step([self.vocab.chars[i] for i in column])
-        return [self.vocab.decode(row) for row in torch.cat(pieces, 1).cpu()]
+        return [self.vocab.decode(row) for row in torch.cat(pieces).t().cpu()]

@@ -1,4 +1,4 @@
-"""Export: the one-step function with its vocabulary in one file that generates with only torch
+"""Export: a chunk of steps with its vocabulary in one file that generates with only torch
 (`.pt2`, torch.export) or only onnxruntime (`.onnx`, the optional extra `charrnn[onnx]`: torch.onnx's
 dynamo exporter, the vocabulary in the model's metadata), verified before it replaces `out`."""
 
@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from charrnn.errors import CharRNNError
 from charrnn.files import write_atomically
 from charrnn.run.checkpoints import load, resolve
-from charrnn.sampling import Sampler, resolve_precision, seed_generator
+from charrnn.sampling import CHUNK, Sampler, resolve_precision, seed_generator
 
 META = "charrnn.json"  # the archive's extra file (ONNX: metadata key) with vocab and state sizes
 # what the written file must reproduce: (prompt, "" = the first character), length, T, k, rows, seed
@@ -25,11 +25,13 @@ CHECKS = [("", 64, 0.0, 0, 2, 0), ("", 64, 1.0, 5, 2, 1)]
 
 
 def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
-    """Example inputs of the sampler's step (2 rows) and their dynamic shapes (rows are free)."""
+    """Example inputs of a chunk of steps (CHUNK steps, 2 rows) and their dynamic shapes: the
+    number of rows is free, the chunk's length fixed (one call runs CHUNK steps)."""
     known, rows = sampler.vocab.unk_id, torch.export.Dim("rows", min=1)
     state = [torch.zeros(2, n) for n in sampler.state_sizes]
-    args = (torch.zeros(2, dtype=torch.long), torch.zeros(2, known), torch.tensor([known - 1]))
-    return (*args, state), ({0: rows}, {0: rows}, None, [{0: rows}] * len(state))
+    feed, last = torch.zeros(CHUNK, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long)
+    args = (feed, last, torch.zeros(CHUNK, 2, known), torch.tensor([known - 1]))
+    return (*args, state), ({1: rows}, {0: rows}, {1: rows}, None, [{0: rows}] * len(state))
 
 
 def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, greedy_only=False):
@@ -59,13 +61,14 @@ def save_pt2(sampler: Sampler, out: Path, meta: dict) -> None:
 
 
 class OnnxStep:
-    """An onnxruntime session called like StepNet: (ids, noise, kth, state) -> (ids, state)."""
+    """An onnxruntime session called like StepNet: (feed, last, noise, kth, state) -> (ids, state)."""
 
     def __init__(self, session):
         self.session, self.names = session, [i.name for i in session.get_inputs()]
 
-    def __call__(self, ids, noise, kth, state):
-        feeds = dict(zip(self.names, (t.numpy() for t in (ids, noise, kth, *state)), strict=True))
+    def __call__(self, feed, last, noise, kth, state):
+        inputs = (t.numpy() for t in (feed, last, noise, kth, *state))
+        feeds = dict(zip(self.names, inputs, strict=True))
         ids, *state = self.session.run(None, feeds)
         return torch.from_numpy(ids), [torch.from_numpy(s) for s in state]
 
@@ -116,6 +119,7 @@ def export(cfg: DictConfig) -> Path:
     meta = {
         "vocab": trained.vocab.chars,
         "state": sampler.state_sizes,
+        "chunk": CHUNK,
         "precision": precision,
         "model": trained.hparams["model"],
         "checkpoint": str(path),
