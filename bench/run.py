@@ -442,7 +442,13 @@ def generate_section(plan: Plan, machine: Machine, checkpoint: str | None, corpu
     """generation_speed's interleaved timing (our Sampler at each weight precision vs the
     tutorial's one-call-per-character loop over plain nn.GRU / nn.LSTM), set against the
     machine's limits; and, with a trained checkpoint, each precision's quality against fp32."""
-    from generation_speed import SHAKESPEARE_CHARS, WEIGHTS, measure_generation, measure_quality
+    from generation_speed import (
+        SHAKESPEARE_CHARS,
+        WEIGHTS,
+        measure_export,
+        measure_generation,
+        measure_quality,
+    )
 
     from charrnn.sampling import resolve_precision
 
@@ -493,6 +499,10 @@ def generate_section(plan: Plan, machine: Machine, checkpoint: str | None, corpu
                 5 * a / b for a, b in zip(b1, b5, strict=True)
             )
         result[cell]["batch5_time_vs_batch1"] = result[cell][f"batch5_time_vs_batch1_{default}"]
+        machine.probe()  # the exported .pt2 (the README's loop) against the Sampler, batch 1
+        pt2 = measure_export(cell, e, h, plan.gen_length, plan.gen_rounds, (default,))
+        pairs = zip(pt2[f"{default}_sampler"], pt2[f"{default}_pt2"], strict=True)
+        result[cell]["pt2_time_vs_sampler"] = stats(a / b for a, b in pairs)
     if checkpoint:
         result["quality"] = measure_quality(checkpoint, str(corpus), greedy_length=plan.gen_length)
         result["quality_of"] = {"checkpoint": checkpoint, "corpus": str(corpus)}
@@ -670,6 +680,13 @@ def table(results: dict) -> str:
                     for cell in ("gru", "lstm")
                 )
             )
+        lines.append(
+            f"  exported .pt2 time / Sampler time, batch 1, {g['default_precision']}: "
+            + ", ".join(
+                f"{cell.upper()} {g[cell]['pt2_time_vs_sampler']['median']:.2f}"
+                for cell in ("gru", "lstm")
+            )
+        )
         quality = g.get("quality")
         if quality is None:
             lines.append("  Quality: no trained checkpoint given (--checkpoint), so none reported")

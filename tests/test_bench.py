@@ -47,6 +47,7 @@ def test_smoke_run_writes_every_figure(tmp_path):
             row = results["generate"][cell][batch]
             assert _is_stats(row["sampler_chars_per_s"]) and _is_stats(row["loop_chars_per_s"])
             assert row["bound_chars_per_s"] > 0
+        assert results["generate"][cell]["pt2_time_vs_sampler"]["min"] > 0
     assert "charrnn_impl_torch" in results["train"]["gru"]
     for row in results["scale"].values():
         keys = ("first_run_s", "first_run_rss_mb", "first_step_s", "second_run_rss_mb")
