@@ -122,10 +122,13 @@ class StepNet(nn.Module):
                 self.register_buffer(f"b_hn{layer}", b[2 * size :].clone())
                 b[2 * size :] = 0
             hh_bias.append(b)
+        # an LSTM's g rows doubled: tanh(a) = 2 sigmoid(2a) - 1 comes out of the one sigmoid of all
+        # its gates (x2 is exact at every precision: int8 just doubles that row's scale)
+        g = slice(2 * size, 3 * size) if self.lstm else slice(0, 0)
         emb = net.embedding.weight.detach().float()
-        self.register_buffer(
-            "table", emb @ weight("weight_ih_l0").t() + weight("bias_ih_l0") + hh_bias[0]
-        )
+        table = emb @ weight("weight_ih_l0").t() + weight("bias_ih_l0") + hh_bias[0]
+        table[:, g] *= 2
+        self.register_buffer("table", table)
         for layer in range(self.layers):
             if layer + 1 < self.layers:  # what this layer's h feeds besides itself
                 w_out = weight(f"weight_ih_l{layer + 1}")
@@ -133,6 +136,10 @@ class StepNet(nn.Module):
             else:  # the unknown id (= known) gets no logit, so it is never drawn
                 w_out, b_out = (p.detach().float()[:known] for p in (head.weight, head.bias))
             w = torch.cat([weight(f"weight_hh_l{layer}"), w_out])  # [G + out, H]
+            w[g] *= 2
+            if layer + 1 < self.layers:  # and the next layer's
+                w[self.gates :][g] *= 2
+                b_out[g] *= 2
             if precision == "int8":  # symmetric per output row: w ~ q * scale, q in [-127, 127]
                 scale = (w.abs().amax(1) / 127).clamp_min(1e-30)
                 self.register_buffer(f"scale{layer}", scale)
@@ -176,10 +183,8 @@ class StepNet(nn.Module):
         for layer in range(layers):
             h, hh = state[layer], state[-layers + layer]
             if self.lstm:  # (split/chunk/narrow: one op for several views, unlike x[:, a:b])
-                gates = x + hh
-                i, f, _, o = torch.sigmoid(gates).chunk(4, 1)
-                g = torch.tanh(gates.narrow(1, 2 * size, size))
-                c = torch.addcmul(f * state[layers + layer], i, g)
+                i, f, g, o = torch.sigmoid(x + hh).chunk(4, 1)  # g: sigmoid(2a)
+                c = torch.addcmul(f * state[layers + layer], i, g, value=2).sub_(i)  # i tanh(a)
                 h = o * torch.tanh(c)
                 new[layers + layer] = c
             else:
