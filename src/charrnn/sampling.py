@@ -291,24 +291,23 @@ class Sampler:
             )
         known, device, rows, fed = self.vocab.unk_id, self.device, num_samples, len(prompt) - 1
         steps = fed + length  # the prompt but its last character (draws unused), then the text
-        feed = torch.full([steps, rows], -1, device=device)  # -1: the id drawn the step before
+        padded = -(-steps // CHUNK) * CHUNK if self.full else steps  # an export: whole chunks
+        feed = torch.full([padded, rows], -1, device=device)  # -1: the id drawn the step before
         feed[: fed + 1] = torch.as_tensor(self.vocab.encode(prompt), device=device)[:, None]
         state = [torch.zeros(rows, n, device=device) for n in self.state_sizes]
         kth = torch.tensor([(top_k or known) - 1], device=device)
         kth = kth if top_k or self.full else None
         last, pieces = feed[0], []
-        for at in range(0, steps, CHUNK):
-            size = min(CHUNK, steps - at)
-            chunk, noise = feed[at : at + size], None  # greedy: no noise
-            if temperature > 0:
-                noise = gumbel_noise(size, rows, known, float(temperature), generators).to(device)
-            if self.full:  # a loaded export takes every input, whole chunks (pads' draws unused)
-                chunk = torch.cat([chunk, chunk.new_full([CHUNK - size, rows], -1)])
-                zeros = torch.zeros(CHUNK, rows, known)
-                noise = zeros if noise is None else zeros.index_copy_(0, torch.arange(size), noise)
+        for at in range(0, padded, CHUNK):
+            chunk, noise = feed[at : at + CHUNK], None  # greedy: no noise (an export takes zeros)
+            if temperature > 0:  # (a padded chunk's extra draws come after all that is used)
+                t = float(temperature)
+                noise = gumbel_noise(len(chunk), rows, known, t, generators).to(device)
+            elif self.full:
+                noise = torch.zeros(CHUNK, rows, known)
             drawn, state = self.step(chunk, last, noise, kth, state)
-            last = drawn[size - 1]
-            pieces.append(drawn[max(0, fed - at) : size])
+            last = drawn[-1]
+            pieces.append(drawn[max(0, fed - at) : steps - at])
             if on_step is not None:
                 for column in pieces[-1].tolist():
                     on_step([self.vocab.chars[i] for i in column])
