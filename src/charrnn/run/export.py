@@ -124,6 +124,9 @@ def export(cfg: DictConfig) -> Path:
         "model": trained.hparams["model"],
         "checkpoint": str(path),
     }
+    print(
+        f"{path}: tracing the {CHUNK}-step chunk (seconds, more with more layers)", file=sys.stderr
+    )
     write_atomically(out, lambda tmp: WRITERS[out.suffix](sampler, Path(tmp), meta))
     size, loader = f"{out.stat().st_size:,} bytes, {precision} weights", LOADERS[out.suffix]
     print(f"{path} -> {out} ({size}); load it with {loader}", file=sys.stderr)
