@@ -1,7 +1,5 @@
 """Callbacks: text samples after each validation and the TensorBoard HPARAMS entry."""
 
-from __future__ import annotations
-
 import logging
 
 import lightning as L

@@ -1,7 +1,5 @@
 """The corpus on disk: download (checksummed, atomic, cached), find the files, read, encode to ids."""
 
-from __future__ import annotations
-
 import codecs
 import contextlib
 import glob

@@ -1,9 +1,6 @@
 """The DataModule: corpus → vocabulary → train windows (shuffled or stateful streams) and val streams."""
 
-from __future__ import annotations
-
 import math
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -16,7 +13,7 @@ from charrnn.vocab import Vocab
 
 
 def split_ids(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
-    """Contiguous split: the last `val_frac` of the text is validation (nanoGPT's tiny-Shakespeare split)."""
+    """Contiguous: the last `val_frac` of the text is validation (nanoGPT's tiny-Shakespeare split)."""
     n_train = int(len(ids) * (1.0 - val_frac))
     return ids[:n_train], ids[n_train:]
 
@@ -203,23 +200,20 @@ class CharDataModule(L.LightningDataModule):
         self.vocab: Vocab | None = None
         self.train_ids = self.val_ids = None
 
-    def locate(self) -> list[Path]:
-        """The corpus files, the download verified (and first fetched, if not cached yet)."""
-        h = self.hparams
-        return locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
-
     def prepare_data(self) -> None:
-        self.files = self.locate()  # Lightning calls this on one process per node
+        """The corpus files, the download verified (and first fetched: Lightning calls this on one
+        process per node)."""
+        h = self.hparams
+        self.files = locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
         h = self.hparams
-        self.files = self.locate()
+        self.prepare_data()
         path = self.corpus_path = h.path or self.files[0]  # what messages call the corpus
         vocab, ids = encode_corpus(self.files, h.separator, h.encoding)
-        window = h.seq_length + 1
-        train_ids, val_ids = split_ids(ids, h.val_frac)
+        window, (train_ids, val_ids) = h.seq_length + 1, split_ids(ids, h.val_frac)
         for name, part in (("training", train_ids), ("validation", val_ids)):
             if len(part) < window:
                 raise CharRNNError(
@@ -238,8 +232,7 @@ class CharDataModule(L.LightningDataModule):
         self.val_text = ids[len(train_ids) - 1 :]
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams

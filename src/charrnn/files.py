@@ -1,7 +1,5 @@
 """The one way charrnn writes a file: a failure never leaves half a file or destroys the old one."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import tempfile

@@ -8,8 +8,6 @@ AMX), parameters, state and gates stay fp32. nn.GRU's parameters, equations and 
 short sequences (sampling) and CUDA tensors take nn.GRU's own path.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -1,7 +1,5 @@
 """The LightningModule that trains a CharRNN: loss, state-carried validation, optimiser, schedule."""
 
-from __future__ import annotations
-
 import inspect
 import logging
 import math
@@ -23,14 +21,10 @@ log = logging.getLogger(__name__)
 SHAPE = ("cell", "embedding_dim", "rnn_units", "num_layers")  # model keys the weights depend on
 
 
-def detach_hidden(hidden: Hidden | None) -> Hidden | None:
-    """Cuts the graph between batches (truncated backpropagation through time)."""
-    return apply_to_collection(hidden, torch.Tensor, torch.Tensor.detach)
-
-
-def _matches(hidden: Hidden | None, rows: int) -> bool:
+def _if_matches(hidden: Hidden | None, rows: int) -> Hidden | None:
+    """The carried state if it has `rows` rows (a short last batch starts from zeros), else None."""
     first = hidden[0] if isinstance(hidden, tuple) else hidden  # an LSTM's (h, c): h
-    return first is not None and first.shape[1] == rows
+    return hidden if first is not None and first.shape[1] == rows else None
 
 
 class CharLM(L.LightningModule):
@@ -68,10 +62,9 @@ class CharLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         carried = self._train_hidden if self.hparams.stateful else None
-        hidden = carried if _matches(carried, batch[0].shape[0]) else None
-        loss_sum, count, hidden = self._loss_sum(batch, hidden)
-        if self.hparams.stateful:
-            self._train_hidden = detach_hidden(hidden)
+        loss_sum, count, hidden = self._loss_sum(batch, _if_matches(carried, len(batch[0])))
+        if self.hparams.stateful:  # truncated backpropagation through time: cut the graph
+            self._train_hidden = apply_to_collection(hidden, torch.Tensor, torch.Tensor.detach)
         loss = loss_sum / count.clamp(min=1)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -84,9 +77,7 @@ class CharLM(L.LightningModule):
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         """Loader 0 carries the state across its windows; loader 1's windows start at zero."""
         carried = None if dataloader_idx else self._val_hidden
-        loss_sum, count, hidden = self._loss_sum(
-            batch, carried if _matches(carried, len(batch[0])) else None
-        )
+        loss_sum, count, hidden = self._loss_sum(batch, _if_matches(carried, len(batch[0])))
         if not dataloader_idx:
             self._val_hidden = hidden
         self._val_sums[dataloader_idx] += torch.stack([loss_sum.double(), count.double()])
@@ -97,8 +88,8 @@ class CharLM(L.LightningModule):
         sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
         (total, count), (w_total, w_count) = sums.tolist()
         loss = total / count
-        bpc, best = loss / math.log(2), min(self.best_val_loss, loss)
-        self.best_val_loss = best
+        bpc = loss / math.log(2)
+        best = self.best_val_loss = min(self.best_val_loss, loss)
         self.log_dict({"val/loss": loss, "val/bpc": bpc, "val/loss_best": best}, prog_bar=True)
         if w_count > 0:  # nanoGPT's protocol (each window from a zero state): compare with it here
             width = self.trainer.val_dataloaders[1].dataset.seq_length  # WindowBatches'
@@ -131,13 +122,12 @@ class CharLM(L.LightningModule):
             return optimizer
         settings = dict(self.hparams.scheduler)
         factory = hydra.utils.instantiate(settings.pop("scheduler"))
-        accepted = inspect.signature(factory.func).parameters
-        horizon = {}  # schedules that ask for the run's horizon get it from the Trainer
-        if "total_steps" in accepted:
-            horizon["total_steps"] = float(self.trainer.estimated_stepping_batches)
-        if "time_fraction" in accepted:
-            horizon["time_fraction"] = _time_budget_fraction(self.trainer)
-        scheduler = factory(optimizer=optimizer, **horizon)
+        horizon = {  # schedules that ask for the run's horizon get it from the Trainer
+            "total_steps": lambda: float(self.trainer.estimated_stepping_batches),
+            "time_fraction": lambda: _time_budget_fraction(self.trainer),
+        }
+        asked = inspect.signature(factory.func).parameters.keys() & horizon.keys()
+        scheduler = factory(optimizer=optimizer, **{key: horizon[key]() for key in asked})
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **settings}}
 
 
@@ -154,9 +144,10 @@ def _time_budget_fraction(trainer: L.Trainer):
     return used
 
 
-def _chars(chars: list[str], limit: int = 12) -> str:
-    shown = ", ".join(repr(c) for c in chars[:limit])
-    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+def _chars(chars: set[str], limit: int = 12) -> str:
+    shown = sorted(chars)
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(map(repr, shown[:limit])) + more
 
 
 def _check_continuable(checkpoint: dict, path, vocab: str, model: dict, corpus) -> None:
@@ -164,7 +155,7 @@ def _check_continuable(checkpoint: dict, path, vocab: str, model: dict, corpus) 
     saved = hparams.get("vocab", "")
     if saved != vocab:
         sides = {"corpus": set(vocab) - set(saved), "checkpoint": set(saved) - set(vocab)}
-        differences = [f"only in the {side}: {_chars(sorted(c))}" for side, c in sides.items() if c]
+        differences = [f"only in the {side}: {_chars(c)}" for side, c in sides.items() if c]
         raise CharRNNError(
             f"{path} was trained on another alphabet than {corpus} "
             f"({'; '.join(differences)}); continuing needs the same characters: train on text "

@@ -1,8 +1,6 @@
 """The network (Embedding → GRU/LSTM → Linear) without Lightning: generation and export need only
 this; training wraps it in charrnn.model.CharLM."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 from torch.func import functional_call

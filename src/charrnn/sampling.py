@@ -38,10 +38,9 @@ def resolve_precision(value, target: str = "cpu") -> str:
 
 
 def onednn_int8_weight(w: Tensor) -> tuple[Tensor, Tensor] | None:
-    """int8 weights [N, K] prepacked for oneDNN's int8 linear (and zero points for its scales), or
-    None where that kernel is not exact: without VNNI/AMX it sums u8 x s8 pairs in saturating
-    int16. For several rows it beats torch._int_mm (~50 us for the 1024 -> 3138 step at 1-5 rows
-    here against 80-130); at one row _int_mm's gemv takes 25 us."""
+    """int8 weights [N, K] packed for oneDNN's int8 linear (with zero points), None where it is not
+    exact (without VNNI/AMX it adds u8 x s8 pairs in saturating int16). At 2-5 rows it beats
+    torch._int_mm (~50 us for 1024 -> 3138 here against 80-130); at one row _int_mm's gemv: 25."""
     capabilities = torch.cpu.get_capabilities()
     if w.device.type != "cpu" or not any(capabilities.get(k) for k in INT8_DOT_PRODUCTS):
         return None
@@ -58,24 +57,21 @@ def clean_prompt(
     """The prompt with the characters the model never saw dropped or replaced, or a one-line error."""
     if not isinstance(prompt, str) or not prompt:
         raise CharRNNError("prompt: give at least one character to start from (prompt='ROMEO:')")
-    unknown = vocab.unknown(prompt)
-    if not unknown:
+    if not (unknown := vocab.unknown(prompt)):
         return prompt
-    shown = ", ".join(repr(c) for c in unknown)
-    if unknown_chars == "replace":
-        if vocab.unknown(replace_with):
-            raise CharRNNError(
-                f"replace_with: {replace_with!r} is not in the model's vocabulary either; "
-                f"choose one of {vocab.chars!r}"
-            )
-        return "".join(replace_with if c in unknown else c for c in prompt)
-    if unknown_chars != "drop":
+    shown, replace = ", ".join(map(repr, unknown)), unknown_chars == "replace"
+    if replace and vocab.unknown(replace_with):
+        raise CharRNNError(
+            f"replace_with: {replace_with!r} is not in the model's vocabulary either; "
+            f"choose one of {vocab.chars!r}"
+        )
+    if unknown_chars not in ("drop", "replace"):
         raise CharRNNError(
             f"prompt has characters the model never saw: {shown}; remove them, or pass "
             "unknown_chars=drop, or unknown_chars=replace (with replace_with=' ')"
         )
-    kept = "".join(c for c in prompt if c not in unknown)
-    if not kept:
+    substitute = replace_with if replace else ""
+    if not (kept := "".join(substitute if c in unknown else c for c in prompt)):
         raise CharRNNError(f"prompt: nothing is left after dropping {shown}; give another prompt")
     return kept
 

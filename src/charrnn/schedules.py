@@ -1,7 +1,5 @@
 """Learning-rate schedules that know the run's horizon: a step count or a wall-time budget."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 

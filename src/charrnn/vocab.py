@@ -1,7 +1,5 @@
 """Character vocabulary: the sorted characters of a corpus plus one reserved unknown id."""
 
-from __future__ import annotations
-
 import numpy as np
 
 from charrnn.errors import CharRNNError

@@ -2,8 +2,6 @@
 (`.pt2`, torch.export) or only onnxruntime (`.onnx`, the optional extra `charrnn[onnx]`: torch.onnx's
 dynamo exporter, the vocabulary in the model's metadata), verified before it replaces `out`."""
 
-from __future__ import annotations
-
 import io
 import json
 import logging

@@ -185,27 +185,17 @@ class GracefulStop(L.Callback):
         self.on_train_end(trainer, pl_module)
 
 
-def _all_finite(tensors) -> bool:
-    tensors = [t for t in tensors if t is not None]  # one check for all: one device sync
-    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
 class StopOnNonFinite(L.Callback):
-    """One line naming the step and a remedy at the first non-finite loss, gradient, weight or
-    val/loss; its hooks run before the checkpoint callbacks' (Lightning runs those last)."""
-
-    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():  # at the step being taken: global_step + 1
-            self._stop(trainer, f"train/loss is {float(loss.detach())}", trainer.global_step + 1)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not _all_finite(p.grad for p in pl_module.parameters()):
-            self._stop(trainer, "the gradient is not finite", trainer.global_step + 1)
+    """One line naming the step and a remedy at the first non-finite loss, weight (an optimiser
+    step can make them so: Adam with eps=0 divides 0 by 0) or val/loss. Its hooks run before the
+    checkpoint callbacks' (Lightning runs those last), so no such state is ever saved."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # the optimiser itself can make weights non-finite (e.g. Adam with eps=0 divides 0 by 0)
-        if not _all_finite(p.detach() for p in pl_module.parameters()):
-            what = "the optimiser step made the weights non-finite"
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        values = [loss, *(p.detach() for p in pl_module.parameters())]  # one check: one sync
+        if not bool(torch.stack([torch.isfinite(t).all() for t in values]).all()):
+            made = "the optimiser step made the weights non-finite"
+            what = made if torch.isfinite(loss) else f"train/loss is {float(loss)}"
             self._stop(trainer, what, trainer.global_step)
 
     def on_validation_end(self, trainer, pl_module) -> None:
