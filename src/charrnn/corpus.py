@@ -9,7 +9,6 @@ import json
 import logging
 import mmap
 import re
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -29,17 +28,14 @@ IDS_CACHE_FORMAT = 2  # in the cache key: bump when the encoding changes (old ca
 RACY_NS = 2_000_000_000  # a file changed this recently is hashed again next run (as git does)
 
 
-def _by_hand(url: str, dest: Path, sha256: str | None) -> str:
-    checksum = f" (sha256 {sha256})" if sha256 else ""
-    return (
-        f"download {url} yourself and save it as {dest}{checksum}, "
-        "or train on your own text with data.path=/path/to/text.txt"
-    )
-
-
 def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) -> Path:
     """Fetches `url` to `dest`, verifying length and sha256 first; on any failure nothing is left
     at `dest` or beside it."""
+    checksum = f" (sha256 {sha256})" if sha256 else ""
+    by_hand = (
+        f"download {url} yourself and save it as {dest}{checksum}, "
+        "or train on your own text with data.path=/path/to/text.txt"
+    )
 
     def fetch(tmp: str) -> None:
         digest, received = hashlib.sha256(), 0
@@ -52,30 +48,28 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) ->
         if expected is not None and received != int(expected):
             raise CharRNNError(
                 f"download of {url} stopped after {received} of {expected} bytes (the connection "
-                "closed early; nothing was cached); " + _by_hand(url, dest, sha256)
+                "closed early; nothing was cached); " + by_hand
             )
         if sha256 is not None and digest.hexdigest() != sha256.lower():
             raise CharRNNError(
                 f"download of {url} has sha256 {digest.hexdigest()} but data.sha256 is {sha256} "
                 "(a different or tampered file; nothing was cached); if you changed data.url, set "
                 "data.sha256 to that file's checksum (or null to skip the check), otherwise "
-                + _by_hand(url, dest, sha256)
+                + by_hand
             )
 
     try:
         return write_atomically(dest, fetch)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
-        raise CharRNNError(
-            f"could not download {url}: {_why(err, timeout)}; " + _by_hand(url, dest, sha256)
-        ) from err
+        raise CharRNNError(f"could not download {url}: {_why(err, timeout)}; " + by_hand) from err
 
 
 def _why(err: Exception, timeout: float) -> str:
     """What went wrong with a download, in words."""
-    reason = getattr(err, "reason", None) if isinstance(err, urllib.error.URLError) else err
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
-    if isinstance(reason, (TimeoutError, socket.timeout)):
+    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+    if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError
         return f"no answer within data.download_timeout={timeout} s"
     if isinstance(err, http.client.IncompleteRead):
         return f"the connection closed after {len(err.partial)} bytes, before the end of the file"
