@@ -128,21 +128,19 @@ def _decoded_slices(path: Path, encoding: str):
     size = path.stat().st_size
     decoder = codecs.getincrementaldecoder(encoding)()  # holds back a character split across reads
     with _opened(path) as f:
-        read = 0  # bytes before this block
         while block := f.read(CHUNK_BYTES):
-            held = len(decoder.getstate()[0])  # bytes before this block that the decoder holds
+            start = f.tell() - len(block) - len(decoder.getstate()[0])  # held bytes come first
             try:
                 text = decoder.decode(block, final=f.tell() >= size)
             except UnicodeDecodeError as err:
                 raise CharRNNError(
                     f"data.path: {path} is not {encoding.upper()} text: byte offset "
-                    f"{read - held + err.start} (0x{err.object[err.start]:02x}); convert it, or "
+                    f"{start + err.start} (0x{err.object[err.start]:02x}); convert it, or "
                     "set data.encoding to its encoding (e.g. latin-1, cp1252)"
                 ) from None
             if "\0" in text:
                 raise CharRNNError(f"data.path: {path} is a binary file (NUL bytes); leave it out")
             yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            read += len(block)
 
 
 def _joined(files: list[Path], separator: str, encoding: str):
@@ -224,23 +222,18 @@ def encode_corpus(
             for codepoints in _joined(files, separator, encoding):
                 table[codepoints].tofile(out)
 
-    if path is not None and _save_ids(path, vocab, write):
-        return vocab, np.lib.format.open_memmap(path, mode="r").view(np.ndarray)
+    if path is not None:
+        chars = vocab.chars.encode("utf-8")
+        try:  # the vocabulary first; a read-only folder only costs the speed-up
+            write_atomically(path.with_suffix(".vocab"), lambda tmp: Path(tmp).write_bytes(chars))
+            write_atomically(path, write)
+        except OSError as err:
+            log.info("not caching the encoded corpus (%s); it is encoded again next run", err)
+        else:
+            stale = re.escape(path.name.rsplit(".", 3)[0]) + r"\.[0-9a-f]{16}\.ids\.(npy|vocab)"
+            for old in path.parent.iterdir():
+                if old.stem != path.stem and re.fullmatch(stale, old.name):
+                    old.unlink(missing_ok=True)  # the ids of an older version of this corpus
+            log.info("cached the encoded corpus in %s", path)
+            return vocab, np.lib.format.open_memmap(path, mode="r").view(np.ndarray)
     return vocab, np.concatenate([table[c] for c in _joined(files, separator, encoding)])
-
-
-def _save_ids(cache: Path, vocab: Vocab, write) -> bool:
-    """Writes the cache (vocabulary first); a read-only folder only costs the speed-up."""
-    chars = vocab.chars.encode("utf-8")
-    try:
-        write_atomically(cache.with_suffix(".vocab"), lambda tmp: Path(tmp).write_bytes(chars))
-        write_atomically(cache, write)
-    except OSError as err:
-        log.info("not caching the encoded corpus (%s); it is encoded again next run", err)
-        return False
-    stale = re.escape(cache.name.rsplit(".", 3)[0]) + r"\.[0-9a-f]{16}\.ids\.(npy|vocab)"
-    for old in cache.parent.iterdir():
-        if old.stem != cache.stem and re.fullmatch(stale, old.name):
-            old.unlink(missing_ok=True)  # the ids of an older version of this corpus
-    log.info("cached the encoded corpus in %s", cache)
-    return True
