@@ -29,8 +29,7 @@ RACY_NS = 2_000_000_000  # a file changed this recently is hashed again next run
 
 
 def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) -> Path:
-    """Fetches `url` to `dest`, verifying length and sha256 first; on any failure nothing is left
-    at `dest` or beside it."""
+    """Fetches `url` to `dest`, length and sha256 verified first; a failure leaves no file behind."""
     checksum = f" (sha256 {sha256})" if sha256 else ""
     by_hand = (
         f"download {url} yourself and save it as {dest}{checksum}, "
@@ -83,8 +82,7 @@ def locate_corpus(
     if path:
         return corpus_files(path)
     name = Path(urllib.parse.urlparse(url).path).name or "corpus.txt"
-    if sha256 is None:
-        # unverified: cache under a name tied to the URL, so another URL's file is never reused
+    if sha256 is None:  # unverified: cached under a name tied to the URL, never another URL's
         name = f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
         log.warning("data.sha256 is null: %s will be used without verifying its contents", url)
     cached = Path(cache_dir).expanduser() / name
@@ -188,11 +186,10 @@ def ids_cache_path(files: list[Path], separator: str = "\n\n", encoding: str = "
 def release_pages(ids: np.ndarray) -> None:
     """Unmaps what a read of memory-mapped ids faulted in (the page cache keeps it): the kernel maps
     a cached file's large folios whole, ~1 MB per window read, so RSS would grow ~100 MB a batch."""
-    while isinstance(ids, np.ndarray):
+    while isinstance(ids, np.ndarray):  # a view's base, down to the np.memmap's mmap
         ids = ids.base
-    mapped = ids.obj if isinstance(ids, memoryview) else ids
-    if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise"):
-        mapped.madvise(mmap.MADV_DONTNEED)
+    if isinstance(ids, mmap.mmap) and hasattr(ids, "madvise"):
+        ids.madvise(mmap.MADV_DONTNEED)
 
 
 def encode_corpus(

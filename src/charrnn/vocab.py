@@ -14,12 +14,10 @@ class Vocab:
             raise CharRNNError("vocabulary must be sorted, unique characters")
         if not chars:
             raise CharRNNError("vocabulary is empty: the corpus has no characters")
-        self.chars = chars
-        self.unk_id = len(chars)
-        self.size = len(chars) + 1
+        self.chars, self.unk_id, self.size = chars, len(chars), len(chars) + 1
         self._index = {c: i for i, c in enumerate(chars)}
         codepoints = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32)
-        # code point -> id: encoding is one numpy gather; one entry past the largest is for all above
+        # code point -> id (encoding is one numpy gather); its last entry is for all larger ones
         self._lut = np.full(int(codepoints.max()) + 2, self.unk_id, dtype=np.int32)
         self._lut[codepoints] = np.arange(len(chars), dtype=np.int32)
 
