@@ -29,7 +29,7 @@ RACY_NS = 2_000_000_000  # a file changed this recently is hashed again next run
 
 
 def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) -> Path:
-    """Fetches `url` to `dest`, length and sha256 verified first; a failure leaves no file behind."""
+    """Fetches `url` to `dest`, length and sha256 checked first: a failure leaves no file behind."""
     checksum = f" (sha256 {sha256})" if sha256 else ""
     by_hand = (
         f"download {url} yourself and save it as {dest}{checksum}, "

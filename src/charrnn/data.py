@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from charrnn.corpus import encode_corpus, locate_corpus, release_pages
 from charrnn.errors import CharRNNError
-from charrnn.vocab import Vocab
 
 
 def split_ids(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +192,7 @@ class CharDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.vocab: Vocab | None = None
-        self.train_ids = self.val_ids = None
+        self.vocab = self.train_ids = self.val_ids = None  # setup() sets them
 
     def prepare_data(self) -> None:
         """The corpus files (downloaded and verified here: Lightning calls this once per node)."""
