@@ -9,7 +9,6 @@ import json
 import logging
 import mmap
 import re
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -29,17 +28,13 @@ IDS_CACHE_FORMAT = 2  # in the cache key: bump when the encoding changes (old ca
 RACY_NS = 2_000_000_000  # a file changed this recently is hashed again next run (as git does)
 
 
-def _by_hand(url: str, dest: Path, sha256: str | None) -> str:
+def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) -> Path:
+    """Fetches `url` to `dest`, length and sha256 checked first: a failure leaves no file behind."""
     checksum = f" (sha256 {sha256})" if sha256 else ""
-    return (
+    by_hand = (
         f"download {url} yourself and save it as {dest}{checksum}, "
         "or train on your own text with data.path=/path/to/text.txt"
     )
-
-
-def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) -> Path:
-    """Fetches `url` to `dest`, verifying length and sha256 first; on any failure nothing is left
-    at `dest` or beside it."""
 
     def fetch(tmp: str) -> None:
         digest, received = hashlib.sha256(), 0
@@ -52,30 +47,28 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 30.0) ->
         if expected is not None and received != int(expected):
             raise CharRNNError(
                 f"download of {url} stopped after {received} of {expected} bytes (the connection "
-                "closed early; nothing was cached); " + _by_hand(url, dest, sha256)
+                "closed early; nothing was cached); " + by_hand
             )
         if sha256 is not None and digest.hexdigest() != sha256.lower():
             raise CharRNNError(
                 f"download of {url} has sha256 {digest.hexdigest()} but data.sha256 is {sha256} "
                 "(a different or tampered file; nothing was cached); if you changed data.url, set "
                 "data.sha256 to that file's checksum (or null to skip the check), otherwise "
-                + _by_hand(url, dest, sha256)
+                + by_hand
             )
 
     try:
         return write_atomically(dest, fetch)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
-        raise CharRNNError(
-            f"could not download {url}: {_why(err, timeout)}; " + _by_hand(url, dest, sha256)
-        ) from err
+        raise CharRNNError(f"could not download {url}: {_why(err, timeout)}; " + by_hand) from err
 
 
 def _why(err: Exception, timeout: float) -> str:
     """What went wrong with a download, in words."""
-    reason = getattr(err, "reason", None) if isinstance(err, urllib.error.URLError) else err
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
-    if isinstance(reason, (TimeoutError, socket.timeout)):
+    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+    if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError
         return f"no answer within data.download_timeout={timeout} s"
     if isinstance(err, http.client.IncompleteRead):
         return f"the connection closed after {len(err.partial)} bytes, before the end of the file"
@@ -89,8 +82,7 @@ def locate_corpus(
     if path:
         return corpus_files(path)
     name = Path(urllib.parse.urlparse(url).path).name or "corpus.txt"
-    if sha256 is None:
-        # unverified: cache under a name tied to the URL, so another URL's file is never reused
+    if sha256 is None:  # unverified: cached under a name tied to the URL, never another URL's
         name = f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
         log.warning("data.sha256 is null: %s will be used without verifying its contents", url)
     cached = Path(cache_dir).expanduser() / name
@@ -130,25 +122,23 @@ def _opened(path: Path):
 
 
 def _decoded_slices(path: Path, encoding: str):
-    """Yields the file's text as code-point arrays, slice by slice, naming the byte of any bad one."""
+    """Yields the file's text as code-point arrays, a slice at a time, naming any bad byte."""
     size = path.stat().st_size
     decoder = codecs.getincrementaldecoder(encoding)()  # holds back a character split across reads
     with _opened(path) as f:
-        read = 0  # bytes before this block
         while block := f.read(CHUNK_BYTES):
-            held = len(decoder.getstate()[0])  # bytes before this block that the decoder holds
+            start = f.tell() - len(block) - len(decoder.getstate()[0])  # held bytes come first
             try:
                 text = decoder.decode(block, final=f.tell() >= size)
             except UnicodeDecodeError as err:
                 raise CharRNNError(
                     f"data.path: {path} is not {encoding.upper()} text: byte offset "
-                    f"{read - held + err.start} (0x{err.object[err.start]:02x}); convert it, or "
+                    f"{start + err.start} (0x{err.object[err.start]:02x}); convert it, or "
                     "set data.encoding to its encoding (e.g. latin-1, cp1252)"
                 ) from None
             if "\0" in text:
                 raise CharRNNError(f"data.path: {path} is a binary file (NUL bytes); leave it out")
             yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            read += len(block)
 
 
 def _joined(files: list[Path], separator: str, encoding: str):
@@ -165,7 +155,16 @@ def ids_cache_path(files: list[Path], separator: str = "\n\n", encoding: str = "
     sha256 of every file's content, the separator, the encoding and IDS_CACHE_FORMAT."""
     key = hashlib.sha256(f"charrnn ids {IDS_CACHE_FORMAT} {encoding} {separator!r}".encode())
     memo_path = files[0].with_name(f".{files[0].name}.digests.json")
-    memo, fresh, started = _read_memo(memo_path), {}, time.time_ns()  # before any file is read
+    try:  # memo: a file at the size, mtime, inode it was hashed at is not read again (~0.6 s/GB)
+        memo = {
+            name: {stamp: digest}
+            for name, entry in json.loads(memo_path.read_text()).items()
+            for stamp, digest in entry.items()
+            if isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)
+        }
+    except (OSError, ValueError, AttributeError):  # none yet, or not this shape: hash
+        memo = {}
+    fresh, started = {}, time.time_ns()  # before any file is read
     for path in files:
         stat, name = path.stat(), str(path.resolve())
         stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
@@ -182,51 +181,13 @@ def ids_cache_path(files: list[Path], separator: str = "\n\n", encoding: str = "
     return files[0].with_name(f".{files[0].name}.{key.hexdigest()[:16]}.ids.npy")
 
 
-def _read_memo(path: Path) -> dict:
-    """The sha256 of each file at the size, mtime and inode it had when last hashed: a file that
-    still has them is not read again (a second run of a gigabyte corpus starts ~0.6 s sooner)."""
-    try:
-        memo = json.loads(path.read_text())
-        return {
-            name: {stamp: digest}
-            for name, entry in memo.items()
-            for stamp, digest in entry.items()
-            if isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)
-        }
-    except (OSError, ValueError, AttributeError):  # none yet, or not this shape: hash
-        return {}
-
-
-def _load_ids(cache: Path) -> tuple[Vocab, np.ndarray] | None:
-    """The cached vocabulary and ids, the ids memory-mapped (read-only, nothing copied)."""
-    if not cache.is_file():
-        return None
-    try:
-        chars = cache.with_suffix(".vocab").read_bytes().decode("utf-8")
-        return Vocab(chars), _mapped(cache)
-    except (OSError, ValueError, CharRNNError) as err:
-        log.warning("ignoring the unreadable ids cache %s (%s); encoding again", cache, err)
-        return None
-
-
-def _mapped(path: Path) -> np.ndarray:
-    """The .npy's ids memory-mapped read-only, through an mmap release_pages can reach."""
-    with open(path, "rb") as f:
-        np.lib.format.read_magic(f)
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        return np.frombuffer(
-            mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype, *shape, f.tell()
-        )
-
-
 def release_pages(ids: np.ndarray) -> None:
     """Unmaps what a read of memory-mapped ids faulted in (the page cache keeps it): the kernel maps
     a cached file's large folios whole, ~1 MB per window read, so RSS would grow ~100 MB a batch."""
-    while isinstance(ids, np.ndarray):
+    while isinstance(ids, np.ndarray):  # a view's base, down to the np.memmap's mmap
         ids = ids.base
-    mapped = ids.obj if isinstance(ids, memoryview) else ids
-    if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise"):
-        mapped.madvise(mmap.MADV_DONTNEED)
+    if isinstance(ids, mmap.mmap) and hasattr(ids, "madvise"):
+        ids.madvise(mmap.MADV_DONTNEED)
 
 
 def encode_corpus(
@@ -235,8 +196,12 @@ def encode_corpus(
     """The joined files as vocabulary and ids (narrowest type) in two streamed passes; with `cache`
     the ids go straight into a .npy and come back memory-mapped: no run holds the corpus in RAM."""
     path = ids_cache_path(files, separator, encoding) if cache else None
-    if path is not None and (cached := _load_ids(path)) is not None:
-        return cached
+    if path is not None and path.is_file():
+        try:  # mapped read-only, seen as an ndarray (np.memmap indexes ~1 µs slower, in Python)
+            chars = path.with_suffix(".vocab").read_bytes().decode("utf-8")
+            return Vocab(chars), np.lib.format.open_memmap(path, mode="r").view(np.ndarray)
+        except (OSError, ValueError, CharRNNError) as err:
+            log.warning("ignoring the unreadable ids cache %s (%s); encoding again", path, err)
     seen, total = np.zeros(0x110000, dtype=bool), 0
     for codepoints in _joined(files, separator, encoding):
         seen[codepoints] = True
@@ -252,23 +217,18 @@ def encode_corpus(
             for codepoints in _joined(files, separator, encoding):
                 table[codepoints].tofile(out)
 
-    if path is not None and _save_ids(path, vocab, write):
-        return vocab, _mapped(path)
+    if path is not None:
+        chars = vocab.chars.encode("utf-8")
+        try:  # the vocabulary first; a read-only folder only costs the speed-up
+            write_atomically(path.with_suffix(".vocab"), lambda tmp: Path(tmp).write_bytes(chars))
+            write_atomically(path, write)
+        except OSError as err:
+            log.info("not caching the encoded corpus (%s); it is encoded again next run", err)
+        else:
+            stale = re.escape(path.name.rsplit(".", 3)[0]) + r"\.[0-9a-f]{16}\.ids\.(npy|vocab)"
+            for old in path.parent.iterdir():
+                if old.stem != path.stem and re.fullmatch(stale, old.name):
+                    old.unlink(missing_ok=True)  # the ids of an older version of this corpus
+            log.info("cached the encoded corpus in %s", path)
+            return vocab, np.lib.format.open_memmap(path, mode="r").view(np.ndarray)
     return vocab, np.concatenate([table[c] for c in _joined(files, separator, encoding)])
-
-
-def _save_ids(cache: Path, vocab: Vocab, write) -> bool:
-    """Writes the cache (vocabulary first); a read-only folder only costs the speed-up."""
-    chars = vocab.chars.encode("utf-8")
-    try:
-        write_atomically(cache.with_suffix(".vocab"), lambda tmp: Path(tmp).write_bytes(chars))
-        write_atomically(cache, write)
-    except OSError as err:
-        log.info("not caching the encoded corpus (%s); it is encoded again next run", err)
-        return False
-    stale = re.escape(cache.name.rsplit(".", 3)[0]) + r"\.[0-9a-f]{16}\.ids\.(npy|vocab)"
-    for old in cache.parent.iterdir():
-        if old.stem != cache.stem and re.fullmatch(stale, old.name):
-            old.unlink(missing_ok=True)  # the ids of an older version of this corpus
-    log.info("cached the encoded corpus in %s", cache)
-    return True

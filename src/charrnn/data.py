@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from charrnn.corpus import encode_corpus, locate_corpus, release_pages
 from charrnn.errors import CharRNNError
-from charrnn.vocab import Vocab
 
 
 def split_ids(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -24,10 +23,9 @@ class WindowBatches(Dataset):
 
     def __init__(self, ids: np.ndarray, seq_length: int):
         self.ids, self.seq_length = ids, seq_length
-        self.count = (len(ids) - seq_length) // seq_length  # windows that fit at any offset
 
-    def __len__(self) -> int:
-        return self.count
+    def __len__(self) -> int:  # the windows that fit at any offset
+        return (len(self.ids) - self.seq_length) // self.seq_length
 
     def __getitem__(self, item: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         offset, windows = item
@@ -36,12 +34,16 @@ class WindowBatches(Dataset):
 
 
 class EpochOrder(Sampler):
-    """A sampler that knows its epoch (Lightning calls set_epoch) and can start one part-way, at
-    the (epoch, batches done) ResumableLoader saved in a checkpoint, in the same order."""
+    """A sampler of `length` batches that knows its epoch (Lightning calls set_epoch) and can start
+    one part-way, in the same order, at the (epoch, batches done) a ResumableLoader checkpointed."""
 
-    def __init__(self, seed: int, shift: bool):
-        self.seed, self.shift, self.epoch, self.start = seed, shift, 0, 0
+    def __init__(self, length: int, seq_length: int, shift: bool, seed: int):
+        self.length, self.seq_length, self.shift, self.seed = length, seq_length, shift, seed
+        self.epoch = self.start = 0
         self.resume: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+
+    def __len__(self) -> int:
+        return self.length
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -52,12 +54,12 @@ class EpochOrder(Sampler):
         self.start = resume[1] if resume is not None and resume[0] == self.epoch else 0
         return self.start
 
-    def generator_and_offset(self, seq_length: int) -> tuple[torch.Generator, int]:
+    def generator_and_offset(self) -> tuple[torch.Generator, int]:
         """The epoch's random stream, a function of (seed, epoch) alone (the same on every rank and
         after a resume), and its grid offset: random in [0, seq_length) with `shift`, else 0."""
         state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
         generator = torch.Generator().manual_seed(int(state))
-        offset = int(torch.randint(seq_length, (), generator=generator)) if self.shift else 0
+        offset = int(torch.randint(self.seq_length, (), generator=generator)) if self.shift else 0
         return generator, offset
 
 
@@ -93,14 +95,11 @@ class ShuffledWindows(EpochOrder):
     def __init__(
         self, windows: WindowBatches, batch_size: int, shift: bool, rank=0, world=1, seed=0
     ):
-        super().__init__(seed, shift)
+        super().__init__(len(windows) // batch_size // world, windows.seq_length, shift, seed)
         self.windows, self.batch_size, self.rank, self.world = windows, batch_size, rank, world
 
-    def __len__(self) -> int:
-        return len(self.windows) // self.batch_size // self.world
-
     def __iter__(self):
-        generator, offset = self.generator_and_offset(self.windows.seq_length)
+        generator, offset = self.generator_and_offset()
         order = Shuffle(len(self.windows), generator)
         for k in range(self.rank + self.start * self.world, len(self) * self.world, self.world):
             yield offset, order[k * self.batch_size : (k + 1) * self.batch_size]
@@ -142,14 +141,10 @@ class StreamOrder(EpochOrder):
     """Batches of a StreamBatches in order (DDP ranks share out its rows, not batches)."""
 
     def __init__(self, streams: StreamBatches, shift: bool, seed: int = 0):
-        super().__init__(seed, shift)
-        self.streams = streams
-
-    def __len__(self) -> int:
-        return len(self.streams)
+        super().__init__(len(streams), streams.seq_length, shift, seed)
 
     def __iter__(self):
-        _, offset = self.generator_and_offset(self.streams.seq_length)
+        _, offset = self.generator_and_offset()
         for k in range(self.start, len(self)):
             yield offset, k
 
@@ -197,12 +192,10 @@ class CharDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.vocab: Vocab | None = None
-        self.train_ids = self.val_ids = None
+        self.vocab = self.train_ids = self.val_ids = None  # setup() sets them
 
     def prepare_data(self) -> None:
-        """The corpus files, the download verified (and first fetched: Lightning calls this on one
-        process per node)."""
+        """The corpus files (downloaded and verified here: Lightning calls this once per node)."""
         h = self.hparams
         self.files = locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
 

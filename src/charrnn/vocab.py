@@ -14,13 +14,11 @@ class Vocab:
             raise CharRNNError("vocabulary must be sorted, unique characters")
         if not chars:
             raise CharRNNError("vocabulary is empty: the corpus has no characters")
-        self.chars = chars
-        self.unk_id = len(chars)
-        self.size = len(chars) + 1
+        self.chars, self.unk_id, self.size = chars, len(chars), len(chars) + 1
         self._index = {c: i for i, c in enumerate(chars)}
         codepoints = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32)
-        # code point -> id lookup table: encoding a corpus is one numpy gather, not a Python loop
-        self._lut = np.full(int(codepoints.max()) + 1, self.unk_id, dtype=np.int32)
+        # code point -> id (encoding is one numpy gather); its last entry is for all larger ones
+        self._lut = np.full(int(codepoints.max()) + 2, self.unk_id, dtype=np.int32)
         self._lut[codepoints] = np.arange(len(chars), dtype=np.int32)
 
     def __eq__(self, other: object) -> bool:
@@ -33,10 +31,7 @@ class Vocab:
     def encode(self, text: str) -> np.ndarray:
         """Int32 ids of `text`; characters never seen map to unk_id."""
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = np.full(codepoints.shape, self.unk_id, dtype=np.int32)
-        known = codepoints < len(self._lut)
-        ids[known] = self._lut[codepoints[known]]
-        return ids
+        return self._lut[np.minimum(codepoints, len(self._lut) - 1)]
 
     def decode(self, ids) -> str:
         """Ids back to text; the unknown id decodes to U+FFFD."""
