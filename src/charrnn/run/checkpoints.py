@@ -53,17 +53,14 @@ def read_checkpoint(path, key: str = "ckpt_path", mmap: bool = False, ours: bool
             f"{key}: {path} is truncated or damaged ({reason}); use an intact checkpoint, "
             "e.g. another .ckpt in the same directory"
         ) from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if ours and not (
-        isinstance(hparams, dict)
-        and isinstance(hparams.get("vocab"), str)
-        and isinstance(hparams.get("model"), dict)
-        and isinstance(checkpoint.get("state_dict"), dict)
-    ):
-        raise CharRNNError(
-            f"{key}: {path} is not a charrnn checkpoint (it lacks hyper_parameters.vocab/model and "
-            "a state_dict); pass a .ckpt file written by src/train.py"
-        )
+    match checkpoint:
+        case {"hyper_parameters": {"vocab": str(), "model": dict()}, "state_dict": dict()}:
+            pass  # a charrnn checkpoint
+        case _ if ours:
+            raise CharRNNError(
+                f"{key}: {path} is not a charrnn checkpoint (it lacks hyper_parameters.vocab/model "
+                "and a state_dict); pass a .ckpt file written by src/train.py"
+            )
     return checkpoint
 
 

@@ -73,12 +73,10 @@ def generate(cfg: DictConfig) -> list[str]:
     shape = f"{model['cell']} {model['num_layers']}x{model['rnn_units']}"
     header = f"{path}: {shape}, {vocab.unk_id} characters; {precision} weights; seed={seed}"
     print(header, file=sys.stderr)
-    stream = cfg.num_samples == 1  # one sample streams; a batch is printed whole
-    if stream:
+    if stream := cfg.num_samples == 1:  # one sample streams; a batch is printed whole
         print(prompt, end="")
     show = (lambda chars: print(chars[0], end="", flush=True)) if stream else None
-    texts = sampler.generate(prompt, *options, seed_generator(seed), show)
-    samples = [prompt + text for text in texts]
+    samples = [prompt + t for t in sampler.generate(prompt, *options, seed_generator(seed), show)]
     blocks = (f"===== sample {i + 1}/{len(samples)} =====\n{s}\n" for i, s in enumerate(samples))
     shown = samples[0] + "\n" if stream else "".join(blocks)
     print("\n" if stream else shown, end="", flush=True)

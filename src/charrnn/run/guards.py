@@ -48,8 +48,7 @@ class ResumeState(L.Callback):
 
     def __init__(self, overrides: list[str] | None = None):
         self.overrides = [o for o in overrides or [] if override_key(o) not in NOT_REPLAYED]
-        self._saved_lr = None
-        self._saved_metrics: dict = {}
+        self._saved_lr, self._saved_metrics = None, {}
 
     def state_dict(self) -> dict:
         state = {"overrides": list(self.overrides), "torch_rng": torch.get_rng_state()}
@@ -94,8 +93,7 @@ class ResumeState(L.Callback):
             if config.interval != "epoch" or (ended + 1) % config.frequency:
                 continue
             if config.reduce_on_plateau:
-                metric = self._saved_metrics.get(config.monitor)
-                if metric is not None:
+                if (metric := self._saved_metrics.get(config.monitor)) is not None:
                     config.scheduler.step(metric)
             elif loop.resumed_on_epoch_end:
                 config.scheduler.step()
@@ -134,9 +132,8 @@ class TrainingStopped(Exception):
 
     def __init__(self, signum: int, step: int, saved: Path | None):
         self.signum, self.step, self.saved = signum, step, saved
-        name = signal.Signals(signum).name
         where = f"wrote {saved}" if saved else "no checkpoint is configured, nothing was saved"
-        super().__init__(f"stopped by {name} after step {step}; {where}")
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {where}")
 
 
 class GracefulStop(L.Callback):
@@ -156,33 +153,29 @@ class GracefulStop(L.Callback):
             self._previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
 
     def _request(self, signum, frame) -> None:
-        if self.signum is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: abort now
-            return
-        self.signum = signum
-        log.warning(
-            "%s received: finishing this batch, writing last.ckpt and stopping "
-            "(press Ctrl-C again to abort without saving)",
-            signal.Signals(signum).name,
-        )
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: abort now
+        if self.signum is None:
+            self.signum = signum
+            log.warning(
+                "%s received: finishing this batch, writing last.ckpt and stopping "
+                "(press Ctrl-C again to abort without saving)",
+                signal.Signals(signum).name,
+            )
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.on_train_epoch_end(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:  # a signal during validation
+    def _stop_if_asked(self, trainer, *_) -> None:
         if self.signum is not None:
             keeper = last_keeper(trainer)
             saved = keeper.save(trainer) if keeper is not None else None
             raise TrainingStopped(self.signum, trainer.global_step, saved)
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def _restore_handlers(self, *_) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
 
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self.on_train_end(trainer, pl_module)
+    on_train_batch_end = on_train_epoch_end = _stop_if_asked  # epoch end: a signal during val
+    on_train_end = on_exception = _restore_handlers
 
 
 class StopOnNonFinite(L.Callback):

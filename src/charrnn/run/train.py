@@ -164,20 +164,13 @@ def build(
     datamodule: CharDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    module = CharLM(
-        vocab=datamodule.vocab.chars,
-        model=_plain(cfg.model),
-        optimizer=_plain(cfg.optimizer),
-        scheduler=_plain(cfg.get("scheduler")),
-        stateful=cfg.data.stateful,
-    )
+    parts = {key: _plain(cfg.get(key)) for key in ("model", "optimizer", "scheduler")}
+    module = CharLM(vocab=datamodule.vocab.chars, stateful=cfg.data.stateful, **parts)
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks.append(HParamsMetric(_flat_params(cfg)))
-    callbacks.append(ResumeState(overrides))
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None]
     precision, why = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("precision %s (%s)", precision, why)
-    callbacks.append(RunResult(run_dir, why))
+    callbacks += [HParamsMetric(_flat_params(cfg)), ResumeState(overrides), RunResult(run_dir, why)]
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,
