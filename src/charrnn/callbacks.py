@@ -65,7 +65,5 @@ class HParamsMetric(L.Callback):
 
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                experiment, start, _ = hparams(self.params, {self.metric: 0.0})
-                writer = logger.experiment.file_writer
-                writer.add_summary(experiment)
-                writer.add_summary(start)
+                for summary in hparams(self.params, {self.metric: 0.0})[:2]:  # not the session end
+                    logger.experiment.file_writer.add_summary(summary)
