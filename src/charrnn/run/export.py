@@ -58,19 +58,6 @@ def save_pt2(sampler: Sampler, out: Path, meta: dict) -> None:
     check_reload(sampler, out, meta, extra[META], step)
 
 
-class OnnxStep:
-    """An onnxruntime session called like StepNet: (feed, last, noise, kth, state) -> (ids, state)."""
-
-    def __init__(self, session):
-        self.session, self.names = session, [i.name for i in session.get_inputs()]
-
-    def __call__(self, feed, last, noise, kth, state):
-        inputs = (t.numpy() for t in (feed, last, noise, kth, *state))
-        feeds = dict(zip(self.names, inputs, strict=True))
-        ids, *state = self.session.run(None, feeds)
-        return torch.from_numpy(ids), [torch.from_numpy(s) for s in state]
-
-
 def save_onnx(sampler: Sampler, out: Path, meta: dict) -> None:
     """Writes `out`, reloads it in onnxruntime and checks its greedy text (sampled text could
     differ: onnxruntime's float rounding is not torch's)."""
@@ -94,8 +81,15 @@ def save_onnx(sampler: Sampler, out: Path, meta: dict) -> None:
     program.model.metadata_props[META] = json.dumps(meta)
     program.save(str(out))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def step(feed, last, noise, kth, state):  # the session, called like StepNet
+        inputs = (t.numpy() for t in (feed, last, noise, kth, *state))
+        ids, *state = session.run(None, dict(zip(names, inputs, strict=True)))
+        return torch.from_numpy(ids), [torch.from_numpy(s) for s in state]
+
     found = session.get_modelmeta().custom_metadata_map.get(META)
-    check_reload(sampler, out, meta, found, OnnxStep(session), greedy_only=True)
+    check_reload(sampler, out, meta, found, step, greedy_only=True)
 
 
 WRITERS = {".pt2": save_pt2, ".onnx": save_onnx}  # out's suffix -> how it is written
