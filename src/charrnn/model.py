@@ -50,8 +50,7 @@ class CharLM(L.LightningModule):
         first = carried[0] if isinstance(carried, tuple) else carried  # an LSTM's (h, c): h
         hidden = carried if first is not None and first.shape[1] == len(inputs) else None
         logits, hidden = self.net(inputs, hidden)
-        flat = logits.reshape(-1, logits.shape[-1]).float()
-        loss_sum = F.cross_entropy(flat, targets.reshape(-1), reduction="sum")
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
         return loss_sum, (targets >= 0).sum(), hidden
 
     def on_train_epoch_start(self) -> None:

@@ -78,9 +78,8 @@ class CharRNN(nn.Module):
         return functional_call(rnn, weights, args, kwargs)
 
     def _by_layer(self, x: Tensor, hidden: Hidden | None):
-        """The stacked layers one at a time, with a locked mask between them: torch's stacked
-        kernels draw a new mask at every step. Each layer runs as a one-layer copy on the meta
-        device (a shape without storage) given that layer's weights."""
+        """The layers one at a time with a locked mask between them (torch's stacked kernels draw
+        one per step), each a one-layer copy on the meta device (no storage) given its weights."""
         rnn, lstm = self.rnn, self.cell == "lstm"
         hidden = self.init_hidden(x.shape[0], x.device) if hidden is None else hidden
         finals, names = [], ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

@@ -66,8 +66,7 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
     "callbacks.last_checkpoint.every_n_train_steps": or_null(
         POSITIVE, " to write last.ckpt at epoch ends only"
     ),
-    "ckpt_path": or_null(PATH),
-    "resume": or_null(PATH),
+    **{key: or_null(PATH) for key in ("ckpt_path", "resume")},
 }
 
 

@@ -23,8 +23,7 @@ CHECKS = [("", 64, 0.0, 0, 2, 0), ("", 64, 1.0, 5, 2, 1)]
 
 
 def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
-    """Example inputs of a chunk of steps (CHUNK steps, 2 rows) and their dynamic shapes: the
-    number of rows is free, the chunk's length fixed (one call runs CHUNK steps)."""
+    """Example inputs of a chunk (CHUNK steps, 2 rows) and dynamic shapes: any number of rows."""
     known, rows = sampler.vocab.unk_id, torch.export.Dim("rows", min=1)
     state = [torch.zeros(2, n) for n in sampler.state_sizes]
     feed, last = torch.zeros(CHUNK, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long)
@@ -33,8 +32,7 @@ def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
 
 
 def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, greedy_only=False):
-    """Raises unless the written file kept `meta` (read back as the string `found`) and its `step`
-    generates what `sampler` generates."""
+    """Raises unless the file kept `meta` (read back: `found`) and generates what `sampler` does."""
     if json.loads(found or "null") != meta:
         raise CharRNNError(f"out: the file written for {out} lost its {META}")
     loaded = Sampler(None, sampler.vocab, step, meta["state"])
