@@ -34,6 +34,7 @@ HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 SHA256 = (lambda v: isinstance(v, str) and HEX64.fullmatch(v)), "use the file's 64-hex-digit sha256"
 ABOVE_0 = (lambda v: number(v) and v > 0), "use a number > 0"
 FRACTION = (lambda v: number(v) and 0 < v < 1), "use a fraction strictly between 0 and 1"
+EPOCHS = (lambda v: whole(v) and (v > 0 or v == -1)), "use a whole number > 0 (-1: no limit)"
 
 
 def or_null(rule: tuple, null_means: str = "") -> tuple:
@@ -54,9 +55,7 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
     "data.download_timeout": ABOVE_0,  # seconds
     "trainer.precision": one_of(PRECISIONS),
     "trainer.accelerator": one_of(ACCELERATORS),
-    "trainer.max_epochs": or_null(
-        ((lambda v: whole(v) and (v > 0 or v == -1)), "use a whole number > 0 (-1: no limit)")
-    ),
+    "trainer.max_epochs": or_null(EPOCHS),
     "trainer.gradient_clip_val": or_null(ABOVE_0, " for no clipping"),
     "optimizer.lr": (
         (lambda v: number(v) and 0 < v < FLOAT32_MAX),
