@@ -14,8 +14,7 @@ Hidden = Tensor | tuple[Tensor, Tensor]
 
 
 class CharRNN(nn.Module):
-    """ids [batch, time] (+ hidden state) -> logits, state. Arguments are checked where they
-    enter (charrnn.run.config)."""
+    """ids [batch, time] (+ state) -> logits, state; arguments are checked in charrnn.run.config."""
 
     def __init__(
         self,
