@@ -13,14 +13,7 @@ log = logging.getLogger(__name__)
 class SampleText(L.Callback):
     """Text sampled after each validation from a fixed prompt, with its own seeded generator."""
 
-    def __init__(
-        self,
-        prompt: str = "ROMEO:",
-        length: int = 300,
-        temperature: float = 0.8,
-        top_k: int = 0,
-        seed: int = 0,
-    ):
+    def __init__(self, prompt="ROMEO:", length=300, temperature=0.8, top_k=0, seed=0):
         self.prompt, self.length, self.temperature = prompt, length, temperature
         self.top_k, self.seed = top_k, seed
 
@@ -65,7 +58,5 @@ class HParamsMetric(L.Callback):
 
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                experiment, start, _ = hparams(self.params, {self.metric: 0.0})
-                writer = logger.experiment.file_writer
-                writer.add_summary(experiment)
-                writer.add_summary(start)
+                for summary in hparams(self.params, {self.metric: 0.0})[:2]:  # not the session end
+                    logger.experiment.file_writer.add_summary(summary)

@@ -35,14 +35,3 @@ def exit_with(err: CharRNNError, printer=None):
     sys.stdout.flush()
     (printer or (lambda line: print(line, file=sys.stderr)))(f"error: {err}")
     sys.exit(1)
-
-
-def run_command(command, cfg):
-    """An entry point's command: a user mistake ends in one line, a closed pipe (`| head`) quietly."""
-    try:
-        return command(cfg)
-    except CharRNNError as err:
-        exit_with(err)
-    except BrokenPipeError:
-        sys.stderr.close()
-        os._exit(0)

@@ -5,8 +5,7 @@ by hand (gate gradients times coefficients saved forward) with one sequence-long
 product; per-step products use MKL's packed GEMM; after an embedding the input projection is a
 table lookup; under CPU bf16 autocast the products take bf16 operands (3-5x fp32 on AVX-512-BF16/
 AMX), parameters, state and gates stay fp32. nn.GRU's parameters, equations and state-dict keys;
-short sequences (sampling) and CUDA tensors take nn.GRU's own path.
-"""
+short sequences (sampling) and CUDA tensors take nn.GRU's own path."""
 
 import torch
 import torch.nn.functional as F

@@ -21,12 +21,6 @@ log = logging.getLogger(__name__)
 SHAPE = ("cell", "embedding_dim", "rnn_units", "num_layers")  # model keys the weights depend on
 
 
-def _if_matches(hidden: Hidden | None, rows: int) -> Hidden | None:
-    """The carried state if it has `rows` rows (a short last batch starts from zeros), else None."""
-    first = hidden[0] if isinstance(hidden, tuple) else hidden  # an LSTM's (h, c): h
-    return hidden if first is not None and first.shape[1] == rows else None
-
-
 class CharLM(L.LightningModule):
     """Trains a CharRNN with cross-entropy; validation carries the state across windows. Every
     argument is a plain type, so checkpoints load weights_only and hold all that rebuilds it."""
@@ -50,11 +44,13 @@ class CharLM(L.LightningModule):
     def forward(self, ids, hidden=None):
         return self.net(ids, hidden)
 
-    def _loss_sum(self, batch, hidden):
+    def _loss_sum(self, batch, carried: Hidden | None):
+        """Loss sum, target count and state; a short last batch starts from zeros, not `carried`."""
         inputs, targets = batch
+        first = carried[0] if isinstance(carried, tuple) else carried  # an LSTM's (h, c): h
+        hidden = carried if first is not None and first.shape[1] == len(inputs) else None
         logits, hidden = self.net(inputs, hidden)
-        flat = logits.reshape(-1, logits.shape[-1]).float()
-        loss_sum = F.cross_entropy(flat, targets.reshape(-1), reduction="sum")
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
         return loss_sum, (targets >= 0).sum(), hidden
 
     def on_train_epoch_start(self) -> None:
@@ -62,7 +58,7 @@ class CharLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         carried = self._train_hidden if self.hparams.stateful else None
-        loss_sum, count, hidden = self._loss_sum(batch, _if_matches(carried, len(batch[0])))
+        loss_sum, count, hidden = self._loss_sum(batch, carried)
         if self.hparams.stateful:  # truncated backpropagation through time: cut the graph
             self._train_hidden = apply_to_collection(hidden, torch.Tensor, torch.Tensor.detach)
         loss = loss_sum / count.clamp(min=1)
@@ -77,7 +73,7 @@ class CharLM(L.LightningModule):
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         """Loader 0 carries the state across its windows; loader 1's windows start at zero."""
         carried = None if dataloader_idx else self._val_hidden
-        loss_sum, count, hidden = self._loss_sum(batch, _if_matches(carried, len(batch[0])))
+        loss_sum, count, hidden = self._loss_sum(batch, carried)
         if not dataloader_idx:
             self._val_hidden = hidden
         self._val_sums[dataloader_idx] += torch.stack([loss_sum.double(), count.double()])

@@ -2,7 +2,7 @@
 this; training wraps it in charrnn.model.CharLM."""
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from charrnn.fused_gru import FusedGRU
@@ -10,12 +10,11 @@ from charrnn.fused_gru import FusedGRU
 RNN_LAYERS = {"gru": nn.GRU, "lstm": nn.LSTM}  # model.cell -> torch's layer
 IMPLS = ("auto", "torch", "fused")  # model.impl: auto = FusedGRU for GRUs, nn.LSTM for LSTMs
 
-Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Hidden = Tensor | tuple[Tensor, Tensor]
 
 
 class CharRNN(nn.Module):
-    """ids [batch, time] (+ hidden state) -> logits, state. Arguments are checked where they
-    enter (charrnn.run.config)."""
+    """ids [batch, time] (+ state) -> logits, state; arguments are checked in charrnn.run.config."""
 
     def __init__(
         self,
@@ -46,9 +45,7 @@ class CharRNN(nn.Module):
         zeros = torch.zeros(self.num_layers, batch, self.rnn_units, device=device)
         return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
-    def forward(
-        self, ids: torch.Tensor, hidden: Hidden | None = None
-    ) -> tuple[torch.Tensor, Hidden]:
+    def forward(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
         by_layer = self.training and self.locked and self.rnn.dropout  # locked masks between
         emb_dropout = self.training and self.emb_dropout
         if isinstance(self.rnn, FusedGRU) and not (emb_dropout or by_layer):
@@ -58,7 +55,7 @@ class CharRNN(nn.Module):
             out, hidden = self._by_layer(x, hidden) if by_layer else self._rnn(self.rnn, x, hidden)
         return self.head(self._dropout(self.out_dropout, out)), hidden
 
-    def _dropout(self, p: float, x: torch.Tensor) -> torch.Tensor:
+    def _dropout(self, p: float, x: Tensor) -> Tensor:
         """Dropout on [batch, time, features]; `locked`: one mask per sequence, the same at every
         step (variational dropout, Gal & Ghahramani 2016)."""
         if not (self.training and p):
@@ -70,21 +67,18 @@ class CharRNN(nn.Module):
     def _rnn(self, rnn: nn.Module, *args, weights: dict | None = None, **kwargs):
         """rnn(*args, **kwargs), with `weights` in place of its own; in training, DropConnect on the
         recurrent weights (AWD-LSTM's weight drop: one mask per batch, the same at every step)."""
-        drop = self.training and self.weight_drop
-        if weights is None and not drop:
+        p = self.weight_drop if self.training else 0.0
+        if weights is None and not p:
             return rnn(*args, **kwargs)
-        weights = dict(rnn.named_parameters()) if weights is None else weights
-        if drop:
-            weights = {
-                name: nn.functional.dropout(w, self.weight_drop) if "weight_hh" in name else w
-                for name, w in weights.items()
-            }
+        weights = {
+            name: nn.functional.dropout(w, p) if p and "weight_hh" in name else w
+            for name, w in (weights or dict(rnn.named_parameters())).items()
+        }
         return functional_call(rnn, weights, args, kwargs)
 
-    def _by_layer(self, x: torch.Tensor, hidden: Hidden | None):
-        """The stacked layers one at a time, with a locked mask between them: torch's stacked
-        kernels draw a new mask at every step. Each layer runs as a one-layer copy on the meta
-        device (a shape without storage) given that layer's weights."""
+    def _by_layer(self, x: Tensor, hidden: Hidden | None):
+        """The layers one at a time with a locked mask between them (torch's stacked kernels draw
+        one per step), each a one-layer copy on the meta device (no storage) given its weights."""
         rnn, lstm = self.rnn, self.cell == "lstm"
         hidden = self.init_hidden(x.shape[0], x.device) if hidden is None else hidden
         finals, names = [], ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

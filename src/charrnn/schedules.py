@@ -24,14 +24,12 @@ class WarmupCosine(LRScheduler):
         super().__init__(optimizer)
 
     def progress(self) -> float:
-        by_steps = self.last_epoch / self.total_steps if math.isfinite(self.total_steps) else 0.0
         by_time = self.time_fraction() if self.time_fraction is not None else 0.0
-        return min(1.0, max(by_steps, by_time))
+        return min(1.0, max(self.last_epoch / self.total_steps, by_time))  # steps / inf = 0.0
 
     def factor(self) -> float:
-        step = self.last_epoch
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
+        if self.last_epoch < self.warmup_steps:
+            return (self.last_epoch + 1) / self.warmup_steps
         cosine = 0.5 * (1 + math.cos(math.pi * self.progress()))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine
 

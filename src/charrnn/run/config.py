@@ -2,12 +2,14 @@
 registered on import of charrnn.run: a parallel launcher's workers never run the entry point."""
 
 import contextlib
+import importlib
 import os
 import re
+import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.errors import check, number, one_of, whole
+from charrnn.errors import CharRNNError, check, exit_with, number, one_of, whole
 
 # every value Lightning 2.6's Trainer accepts (ints and their strings too)
 PRECISIONS = (  # auto is ours (charrnn.run.train.choose_precision)
@@ -19,11 +21,10 @@ FLOAT32_MAX = 3.4028234663852886e38  # an optimizer.lr beyond it overflows insid
 
 
 def _codec(name) -> bool:
-    try:
-        "".encode(name)  # a LookupError for unknown and for non-text codecs (rot13)
+    try:  # a LookupError for unknown and for non-text codecs (rot13)
+        return isinstance("".encode(name), bytes)
     except (LookupError, TypeError):
         return False
-    return True
 
 
 POSITIVE = (lambda v: whole(v) and v > 0), "use a whole number > 0"
@@ -32,6 +33,8 @@ PATH = (lambda v: isinstance(v, str)), "use a path"
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 SHA256 = (lambda v: isinstance(v, str) and HEX64.fullmatch(v)), "use the file's 64-hex-digit sha256"
 ABOVE_0 = (lambda v: number(v) and v > 0), "use a number > 0"
+FRACTION = (lambda v: number(v) and 0 < v < 1), "use a fraction strictly between 0 and 1"
+EPOCHS = (lambda v: whole(v) and (v > 0 or v == -1)), "use a whole number > 0 (-1: no limit)"
 
 
 def or_null(rule: tuple, null_means: str = "") -> tuple:
@@ -44,10 +47,7 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
     **{f"model.{k}": PROBABILITY for k in ("dropout", "emb_dropout", "out_dropout", "weight_drop")},
     "model.locked_dropout": ((lambda v: isinstance(v, bool)), "use true or false"),
     **{f"data.{k}": POSITIVE for k in ("seq_length", "batch_size", "val_streams")},
-    "data.val_frac": (
-        (lambda v: number(v) and 0 < v < 1),
-        "use a fraction strictly between 0 and 1",
-    ),
+    "data.val_frac": FRACTION,
     "data.sha256": or_null(SHA256, " to skip the check"),
     "data.encoding": (_codec, "use a text encoding Python knows, e.g. utf-8, latin-1 or cp1252"),
     "data.separator": ((lambda v: isinstance(v, str)), "use a string (a blank line: '\\n\\n')"),
@@ -55,9 +55,7 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
     "data.download_timeout": ABOVE_0,  # seconds
     "trainer.precision": one_of(PRECISIONS),
     "trainer.accelerator": one_of(ACCELERATORS),
-    "trainer.max_epochs": or_null(
-        ((lambda v: whole(v) and (v > 0 or v == -1)), "use a whole number > 0 (-1: no limit)")
-    ),
+    "trainer.max_epochs": or_null(EPOCHS),
     "trainer.gradient_clip_val": or_null(ABOVE_0, " for no clipping"),
     "optimizer.lr": (
         (lambda v: number(v) and 0 < v < FLOAT32_MAX),
@@ -67,8 +65,7 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
     "callbacks.last_checkpoint.every_n_train_steps": or_null(
         POSITIVE, " to write last.ckpt at epoch ends only"
     ),
-    "ckpt_path": or_null(PATH),
-    "resume": or_null(PATH),
+    **{key: or_null(PATH) for key in ("ckpt_path", "resume")},
 }
 
 
@@ -152,12 +149,7 @@ def quote_free_text(argv: list[str]) -> list[str]:
 def run_command_line(name: str, command: str) -> None:
     """`python src/<name>.py key=value ...`: free text quoted for Hydra, conf/<name>.yaml composed,
     then `command` ("module:function") imported, so torch loads only after the arguments parse."""
-    import importlib
-    import sys
-
     import hydra
-
-    from charrnn.errors import run_command
 
     sys.argv = quote_free_text(sys.argv)
     module, function = command.split(":")
@@ -165,7 +157,13 @@ def run_command_line(name: str, command: str) -> None:
 
     @hydra.main(version_base="1.3", config_path=os.path.abspath(conf), config_name=name)
     def main(cfg: DictConfig) -> None:
-        run_command(getattr(importlib.import_module(module), function), cfg)
+        try:
+            getattr(importlib.import_module(module), function)(cfg)
+        except CharRNNError as err:
+            exit_with(err)  # a user mistake: one line
+        except BrokenPipeError:  # `| head` closed the pipe: end quietly
+            sys.stderr.close()
+            os._exit(0)
 
     main()
 

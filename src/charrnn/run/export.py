@@ -18,13 +18,12 @@ from charrnn.run.checkpoints import load, resolve
 from charrnn.sampling import CHUNK, Sampler, resolve_precision, seed_generator
 
 META = "charrnn.json"  # the archive's extra file (ONNX: metadata key) with vocab and state sizes
-# what the written file must reproduce: (prompt, "" = the first character), length, T, k, rows, seed
-CHECKS = [("", 64, 0.0, 0, 2, 0), ("", 64, 1.0, 5, 2, 1)]
+# what the written file must reproduce from the first character: length, T, k, rows, seed
+CHECKS = [(64, 0.0, 0, 2, 0), (64, 1.0, 5, 2, 1)]
 
 
 def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
-    """Example inputs of a chunk of steps (CHUNK steps, 2 rows) and their dynamic shapes: the
-    number of rows is free, the chunk's length fixed (one call runs CHUNK steps)."""
+    """Example inputs of a chunk (CHUNK steps, 2 rows) and dynamic shapes: any number of rows."""
     known, rows = sampler.vocab.unk_id, torch.export.Dim("rows", min=1)
     state = [torch.zeros(2, n) for n in sampler.state_sizes]
     feed, last = torch.zeros(CHUNK, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long)
@@ -33,13 +32,11 @@ def step_inputs(sampler: Sampler) -> tuple[tuple, tuple]:
 
 
 def check_reload(sampler: Sampler, out: Path, meta: dict, found: str, step, greedy_only=False):
-    """Raises unless the written file kept `meta` (read back as the string `found`) and its `step`
-    generates what `sampler` generates."""
+    """Raises unless the file kept `meta` (read back: `found`) and generates what `sampler` does."""
     if json.loads(found or "null") != meta:
         raise CharRNNError(f"out: the file written for {out} lost its {META}")
-    loaded = Sampler(None, sampler.vocab, step, meta["state"])
-    for prompt, *options, seed in CHECKS[:1] if greedy_only else CHECKS:
-        prompt = prompt or sampler.vocab.chars[0]
+    loaded, prompt = Sampler(None, sampler.vocab, step, meta["state"]), sampler.vocab.chars[0]
+    for *options, seed in CHECKS[:1] if greedy_only else CHECKS:
         want = sampler.generate(prompt, *options, seed_generator(seed))
         if loaded.generate(prompt, *options, seed_generator(seed)) != want:
             raise CharRNNError(f"out: the file written for {out} does not reproduce the sampler")
@@ -56,19 +53,6 @@ def save_pt2(sampler: Sampler, out: Path, meta: dict) -> None:
     extra = {META: ""}
     step = torch.export.load(io.BytesIO(out.read_bytes()), extra_files=extra).module()
     check_reload(sampler, out, meta, extra[META], step)
-
-
-class OnnxStep:
-    """An onnxruntime session called like StepNet: (feed, last, noise, kth, state) -> (ids, state)."""
-
-    def __init__(self, session):
-        self.session, self.names = session, [i.name for i in session.get_inputs()]
-
-    def __call__(self, feed, last, noise, kth, state):
-        inputs = (t.numpy() for t in (feed, last, noise, kth, *state))
-        feeds = dict(zip(self.names, inputs, strict=True))
-        ids, *state = self.session.run(None, feeds)
-        return torch.from_numpy(ids), [torch.from_numpy(s) for s in state]
 
 
 def save_onnx(sampler: Sampler, out: Path, meta: dict) -> None:
@@ -94,8 +78,15 @@ def save_onnx(sampler: Sampler, out: Path, meta: dict) -> None:
     program.model.metadata_props[META] = json.dumps(meta)
     program.save(str(out))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def step(feed, last, noise, kth, state):  # the session, called like StepNet
+        inputs = (t.numpy() for t in (feed, last, noise, kth, *state))
+        ids, *state = session.run(None, dict(zip(names, inputs, strict=True)))
+        return torch.from_numpy(ids), [torch.from_numpy(s) for s in state]
+
     found = session.get_modelmeta().custom_metadata_map.get(META)
-    check_reload(sampler, out, meta, found, OnnxStep(session), greedy_only=True)
+    check_reload(sampler, out, meta, found, step, greedy_only=True)
 
 
 WRITERS = {".pt2": save_pt2, ".onnx": save_onnx}  # out's suffix -> how it is written

@@ -31,10 +31,8 @@ _NUMERIC = {"job", "val_loss_best", "val_bpc", "params", "epochs", "wall_time_s"
 
 def is_rank_zero() -> bool:
     """False in the extra processes of a distributed run (rank from the launcher's environment)."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if key in os.environ:
-            return os.environ[key] == "0"
-    return True
+    ranks = (os.environ[key] for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK") if key in os.environ)
+    return next(ranks, "0") == "0"
 
 
 def read_result(run_dir: Path) -> dict:
@@ -76,7 +74,6 @@ class SweepSummary(Callback):
         if not is_rank_zero():
             return
         run_dir = Path(config.hydra.runtime.output_dir)
-        record = read_result(run_dir)
         fields = {
             "job": config.hydra.job.get("num"),
             "overrides": [o for o in config.hydra.overrides.task if not o.startswith("hydra.")],
@@ -86,7 +83,7 @@ class SweepSummary(Callback):
             fields["wall_time_s"] = round(time.perf_counter() - self._started, 1)
         if job_return.status == JobStatus.FAILED:
             fields.update(status="failed", error=describe_error(job_return._return_value))
-        elif "status" not in record:
+        elif "status" not in read_result(run_dir):
             fields.update(status="failed", error="the job recorded no result")
         update_result(run_dir, **fields)
 
