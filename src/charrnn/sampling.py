@@ -1,9 +1,6 @@
-"""The one stateful sampler: shared by the training callback, the generate CLI and the export.
-
-A step reads each weight matrix once, one product per layer (StepNet); sampling is a Gumbel-max
-argmax over noise drawn per chunk of steps. The same eager StepNet is what `charrnn.run.export`
-saves (torch.export, ONNX), so generate.py and the exported files agree.
-"""
+"""The one stateful sampler, shared by the training callback, generate.py and the export: a step
+reads each weight matrix once (StepNet: one product per layer) and draws by Gumbel-max over noise
+drawn per chunk of steps. charrnn.run.export saves this StepNet, so the exported files agree."""
 
 import math
 from collections.abc import Callable, Sequence
@@ -95,12 +92,10 @@ def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefi
 
 class StepNet(nn.Module):
     """A CharRNN's weights laid out for generation (no dropout); `forward` runs steps for all rows.
-
     Layer 0's input is a row of a per-character table; layer l's new h goes through one product
     with [W_hh_l | W_ih_l+1] (the top layer's with [W_hh | head]): its next recurrent part and the
     next layer's input (or the logits). b_hh is folded into the input side (a GRU keeps b_hn, which
-    r gates), so the state starts at zeros. `precision` is the read weights'; table and state: fp32.
-    """
+    r gates), so the state starts at zeros. `precision` is the read weights'; table and state: fp32."""
 
     def __init__(self, net: nn.Module, known: int, precision: str = "fp32"):
         super().__init__()
