@@ -77,14 +77,12 @@ def check_options(vocab: Vocab, length, temperature, top_k, num_samples=1, prefi
     """A one-line error naming the option (`prefix` + its name) for any bad sampling option."""
     count, top = ((lambda v: whole(v) and v >= 1), "use a whole number >= 1"), vocab.unk_id
     top_k_rule = f"use a whole number >= 0 and <= {top} (the vocabulary size)"
+    temperature_rule = (lambda v: number(v) and 0 <= v < math.inf), "use a number >= 0 (0 = greedy)"
     rules = {
         "length": count,
         "top_k": ((lambda v: whole(v) and 0 <= v <= top), top_k_rule),
         "num_samples": count,
-        "temperature": (
-            (lambda v: number(v) and 0 <= v < math.inf),
-            "use a number >= 0 (0 = greedy)",
-        ),
+        "temperature": temperature_rule,
     }
     values = dict(length=length, top_k=top_k, num_samples=num_samples, temperature=temperature)
     check(values.get, rules, prefix)
@@ -101,9 +99,8 @@ class StepNet(nn.Module):
         super().__init__()
         rnn, head = net.rnn, net.head
         self.lstm, self.precision = isinstance(rnn, nn.LSTM), precision
-        self.layers, self.size = rnn.num_layers, rnn.hidden_size
-        self.packed: list = []  # int8: each layer's weights packed for oneDNN's kernel (or None)
-        size = self.size
+        self.layers, size = rnn.num_layers, rnn.hidden_size
+        self.size, self.packed = size, []  # int8: each layer's weights packed for oneDNN (or None)
         self.gates = (4 if self.lstm else 3) * size
         weight = lambda name: getattr(rnn, name).detach().float()  # noqa: E731
         hh_bias = []  # what of b_hh is added to the input side (all but a GRU's b_hn)
@@ -286,8 +283,7 @@ class Sampler:
         feed = torch.full([padded, rows], -1, device=device)  # -1: the id drawn the step before
         feed[: fed + 1] = torch.as_tensor(self.vocab.encode(prompt), device=device)[:, None]
         state = [torch.zeros(rows, n, device=device) for n in self.state_sizes]
-        kth = torch.tensor([(top_k or known) - 1], device=device)
-        kth = kth if top_k or self.full else None
+        kth = torch.tensor([(top_k or known) - 1], device=device) if top_k or self.full else None
         last, pieces = feed[0], []
         for at in range(0, padded, CHUNK):
             chunk, noise = feed[at : at + CHUNK], None  # greedy: no noise (an export takes zeros)
