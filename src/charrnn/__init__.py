@@ -2,6 +2,4 @@
 reading order: corpus → vocab → data → net (fused_gru) → model → schedules → sampling → callbacks;
 the commands and what keeps a run safe are in charrnn.run."""
 
-from charrnn.errors import CharRNNError
-
-__all__ = ["CharRNNError"]
+from charrnn.errors import CharRNNError as CharRNNError

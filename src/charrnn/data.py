@@ -39,8 +39,7 @@ class EpochOrder(Sampler):
 
     def __init__(self, length: int, seq_length: int, shift: bool, seed: int):
         self.length, self.seq_length, self.shift, self.seed = length, seq_length, shift, seed
-        self.epoch = self.start = 0
-        self.resume: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+        self.epoch, self.start, self.resume = 0, 0, None  # resume: (epoch, batches done) or None
 
     def __len__(self) -> int:
         return self.length

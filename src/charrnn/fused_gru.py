@@ -152,10 +152,8 @@ class FusedGRU(nn.GRU):
         hx = hx.to(dtype)
         finals, x = [], None
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.all_weights):
-            if layer:
-                if self.dropout and self.training:
-                    x = F.dropout(x, self.dropout, training=True)
-                gi = F.linear(x, w_ih, b_ih)
+            if layer:  # (dropout with p = 0 or in eval returns x itself)
+                gi = F.linear(F.dropout(x, self.dropout, self.training), w_ih, b_ih)
             x = GRURecurrence.apply(gi, hx[layer], w_hh, b_hh, torch.is_grad_enabled())
             finals.append(x[-1])
         out = x.transpose(0, 1) if self.batch_first else x

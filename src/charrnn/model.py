@@ -38,8 +38,7 @@ class CharLM(L.LightningModule):
         self.vocab = Vocab(vocab)
         self.net = CharRNN(self.vocab.size, **model)
         self.best_val_loss = math.inf
-        self._train_hidden: Hidden | None = None
-        self._val_hidden: Hidden | None = None
+        self._train_hidden = self._val_hidden = None  # the states carried across batches
 
     def forward(self, ids, hidden=None):
         return self.net(ids, hidden)

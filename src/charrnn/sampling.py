@@ -288,8 +288,7 @@ class Sampler:
         for at in range(0, padded, CHUNK):
             chunk, noise = feed[at : at + CHUNK], None  # greedy: no noise (an export takes zeros)
             if temperature > 0:  # (a padded chunk's extra draws come after all that is used)
-                t = float(temperature)
-                noise = gumbel_noise(len(chunk), rows, known, t, generators).to(device)
+                noise = gumbel_noise(len(chunk), rows, known, temperature, generators).to(device)
             elif self.full:
                 noise = torch.zeros(CHUNK, rows, known)
             drawn, state = self.step(chunk, last, noise, kth, state)

@@ -82,9 +82,7 @@ def validate_train(cfg: DictConfig) -> None:
 
 def machine_cores() -> int:
     """The cores this process may run on (its CPU affinity: respects taskset, cgroups, SLURM)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cores_per_job(n_jobs: int | None = None) -> int | None:

@@ -105,17 +105,10 @@ def export(cfg: DictConfig) -> Path:
     path = resolve(cfg.ckpt, cfg.runs_dir)
     trained = load(path)
     sampler = Sampler(trained.net, trained.vocab, precision=precision)
-    meta = {
-        "vocab": trained.vocab.chars,
-        "state": sampler.state_sizes,
-        "chunk": CHUNK,
-        "precision": precision,
-        "model": trained.hparams["model"],
-        "checkpoint": str(path),
-    }
-    print(
-        f"{path}: tracing the {CHUNK}-step chunk (seconds, more with more layers)", file=sys.stderr
-    )
+    meta = {"vocab": trained.vocab.chars, "state": sampler.state_sizes, "chunk": CHUNK}
+    meta |= {"precision": precision, "model": trained.hparams["model"], "checkpoint": str(path)}
+    tracing = f"tracing the {CHUNK}-step chunk (seconds, more with more layers)"
+    print(f"{path}: {tracing}", file=sys.stderr)
     write_atomically(out, lambda tmp: WRITERS[out.suffix](sampler, Path(tmp), meta))
     size, loader = f"{out.stat().st_size:,} bytes, {precision} weights", LOADERS[out.suffix]
     print(f"{path} -> {out} ({size}); load it with {loader}", file=sys.stderr)

@@ -63,11 +63,8 @@ class ResumeState(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[METRICS] = {
-            key: float(value)
-            for key, value in trainer.callback_metrics.items()
-            if isinstance(value, torch.Tensor) and value.numel() == 1
-        }
+        metrics = trainer.callback_metrics.items()  # name -> tensor
+        checkpoint[METRICS] = {key: float(value) for key, value in metrics if value.numel() == 1}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._saved_lr = (checkpoint.get("hyper_parameters", {}).get("optimizer") or {}).get("lr")
@@ -189,15 +186,15 @@ class StopOnNonFinite(L.Callback):
         if not bool(torch.stack([torch.isfinite(t).all() for t in values]).all()):
             made = "the optimiser step made the weights non-finite"
             what = made if torch.isfinite(loss) else f"train/loss is {float(loss)}"
-            self._stop(trainer, what, trainer.global_step)
+            self._stop(trainer, what)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         loss = trainer.callback_metrics.get("val/loss")
         if loss is not None and not trainer.sanity_checking and not torch.isfinite(loss).all():
-            self._stop(trainer, f"val/loss is {float(loss)}", trainer.global_step)
+            self._stop(trainer, f"val/loss is {float(loss)}")
 
     @staticmethod
-    def _stop(trainer, what: str, step: int) -> None:
+    def _stop(trainer, what: str) -> None:
         last, kept = last_keeper(trainer), "no checkpoint had been written yet"
         if last is not None and last.saved_step is not None:
             kept = f"{last.path} (step {last.saved_step}) is kept"
@@ -205,7 +202,7 @@ class StopOnNonFinite(L.Callback):
             kept = f"{last.path} is kept as it was"
         lr = (trainer.lightning_module.hparams.get("optimizer") or {}).get("lr")
         raise CharRNNError(
-            f"training stopped: {what} at step {step} (epoch {trainer.current_epoch}); {kept}; try "
-            f"a lower optimizer.lr (now {lr}) or trainer.gradient_clip_val=1.0 or lower (now "
-            f"{trainer.gradient_clip_val}), then train again"
+            f"training stopped: {what} at step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}); {kept}; try a lower optimizer.lr (now {lr}) or "
+            f"trainer.gradient_clip_val=1.0 or lower (now {trainer.gradient_clip_val}), then train again"
         )

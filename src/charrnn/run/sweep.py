@@ -109,12 +109,10 @@ def collect(sweep_dir: Path) -> list[dict]:
         overrides = job_dir / ".hydra" / "overrides.yaml"
         record = read_result(job_dir)
         if not record and overrides.exists():  # else not a job dir (.submitit, ...)
-            record = {
-                "status": "failed",
-                "run_dir": str(job_dir),
-                "overrides": list(OmegaConf.load(overrides)),
-                "error": "the job left no result.json",
-            }
+            record = dict(
+                status="failed", run_dir=str(job_dir), error="the job left no result.json"
+            )
+            record["overrides"] = list(OmegaConf.load(overrides))
         if record:
             rows.append(record)
 

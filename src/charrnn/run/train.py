@@ -103,20 +103,12 @@ class RunResult(L.Callback):
             if (run / "checkpoints" / LAST).exists():
                 how = "resume (e.g. with more trainer.max_epochs)"
                 lines.append(f"{how}: python src/train.py resume={run}")
-            update_result(
-                run,
-                status="ok",
-                val_loss_best=best,
-                val_bpc=bpc,
-                params=sum(p.numel() for p in pl_module.parameters()),
-                epochs=trainer.current_epoch,
-                best_checkpoint=best_path,
-                world_size=trainer.world_size,
-                threads=torch.get_num_threads(),
-                precision=trainer.precision,
-                precision_reason=self.precision_reason,
-                cpu_steal=round(steal, 4),
-            )
+            params = sum(p.numel() for p in pl_module.parameters())
+            fields = dict(status="ok", val_loss_best=best, val_bpc=bpc, params=params)
+            fields |= dict(epochs=trainer.current_epoch, best_checkpoint=best_path)
+            fields |= dict(world_size=trainer.world_size, threads=torch.get_num_threads())
+            fields |= dict(precision=trainer.precision, precision_reason=self.precision_reason)
+            update_result(run, **fields, cpu_steal=round(steal, 4))
         log.info("done.\n  " + "\n  ".join(lines))
 
 
