@@ -31,11 +31,10 @@ class SampleText(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        generator = seed_generator(self.seed)  # its own: the training random stream stays as it is
-        (text,) = Sampler(pl_module.net, pl_module.vocab).generate(
-            self.prompt, self.length, self.temperature, self.top_k, generator=generator
-        )
-        sample = self.prompt + text
+        sampler, rng = Sampler(pl_module.net, pl_module.vocab), seed_generator(self.seed)
+        # its own generator: the training random stream stays as it is
+        texts = sampler.generate(self.prompt, self.length, self.temperature, self.top_k, 1, rng)
+        sample = self.prompt + texts[0]
         # TensorBoard renders Markdown: a 4-space-indented block shows every character as is
         markdown = "\n".join("    " + line for line in sample.split("\n"))
         for logger in trainer.loggers:

@@ -143,9 +143,8 @@ class StreamOrder(EpochOrder):
         super().__init__(len(streams), streams.seq_length, shift, seed)
 
     def __iter__(self):
-        _, offset = self.generator_and_offset()
-        for k in range(self.start, len(self)):
-            yield offset, k
+        offset = self.generator_and_offset()[1]
+        yield from ((offset, k) for k in range(self.start, len(self)))
 
 
 class ResumableLoader(DataLoader):
@@ -227,8 +226,7 @@ class CharDataModule(L.LightningDataModule):
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        rank, world = self._rank_world()
+        (rank, world), h = self._rank_world(), self.hparams
         if h.stateful:
             dataset = StreamBatches(self.train_ids, h.batch_size * world, h.seq_length, rank, world)
             sampler = StreamOrder(dataset, h.shift_windows, h.seed)
@@ -240,8 +238,7 @@ class CharDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         """The val text as streams with the state carried (val/loss) and, with data.val_window, as
         windows each from a zero state (val/loss_w<width>)."""
-        rank, world = self._rank_world()
-        h = self.hparams
+        (rank, world), h = self._rank_world(), self.hparams
         streams = StreamBatches(self.val_text, h.val_streams * world, h.seq_length, rank, world)
         loaders = [_loader(streams, StreamOrder(streams, False))]
         if width := h.get("val_window"):  # every character once: the last window may be short

@@ -146,10 +146,9 @@ class FusedGRU(nn.GRU):
 
     def _layers(self, gi: torch.Tensor, hx):
         """All layers from the first layer's input projections gi [T, B, 3H]."""
-        dtype = self.weight_hh_l0.dtype  # of the state: fp32 even when gi is a bf16 product
         if hx is None:
-            hx = gi.new_zeros(self.num_layers, gi.shape[1], self.hidden_size, dtype=dtype)
-        hx = hx.to(dtype)
+            hx = gi.new_zeros(self.num_layers, gi.shape[1], self.hidden_size)
+        hx = hx.to(self.weight_hh_l0.dtype)  # the state's: fp32 even when gi is a bf16 product
         finals, x = [], None
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.all_weights):
             if layer:  # (dropout with p = 0 or in eval returns x itself)

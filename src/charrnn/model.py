@@ -131,12 +131,8 @@ def _time_budget_fraction(trainer: L.Trainer):
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     if timer is None or timer.time_remaining("train") is None:
         return None
-
-    def used() -> float:
-        elapsed = timer.time_elapsed("train")
-        return elapsed / max(elapsed + timer.time_remaining("train"), 1e-9)
-
-    return used
+    budget = max(timer.time_elapsed("train") + timer.time_remaining("train"), 1e-9)  # max_time
+    return lambda: timer.time_elapsed("train") / budget
 
 
 def _chars(chars: set[str], limit: int = 12) -> str:

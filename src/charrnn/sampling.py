@@ -16,7 +16,6 @@ CHUNK = 8  # steps per call of an exported file; noise is drawn, on_step called 
 SERIAL_LOG = 2048  # ATen's float log wakes the thread pool above this many elements
 UNKNOWN_CHARS = ("error", "drop", "replace")  # what clean_prompt does with unseen characters
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # of the step's weights (see resolve_precision)
-onednn = torch.ops.onednn
 PLAIN_FP32_OUT = (None, 1.0, 0, torch.float32, "none", [], "")  # qlinear: no bias/post-op, fp32
 INT8_DOT_PRODUCTS = ("avx512_vnni", "avx_vnni", "amx_int8")  # CPU flags of exact int8 sums
 
@@ -42,7 +41,7 @@ def onednn_int8_weight(w: Tensor) -> tuple[Tensor, Tensor] | None:
     if w.device.type != "cpu" or not any(capabilities.get(k) for k in INT8_DOT_PRODUCTS):
         return None
     try:
-        packed = onednn.qlinear_prepack(w, [1, w.shape[1]])
+        packed = torch.ops.onednn.qlinear_prepack(w, [1, w.shape[1]])
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
         return None
     return packed, torch.zeros(w.shape[0], dtype=torch.long)
@@ -133,9 +132,7 @@ class StepNet(nn.Module):
                 self.register_buffer(f"scale{layer}", scale)
                 w = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
                 self.packed.append(onednn_int8_weight(w))
-            # fp32 transposed, contiguous: h [B, H] @ W [H, G + out] streams W once for all rows,
-            # one GEMM whatever their number; bf16 and int8 keep [G + out, H], their kernels'
-            if precision != "int8":
+            else:  # fp32 transposed (h @ W [H, G + out] streams W once for all rows); bf16 as is
                 w = w.t().contiguous() if precision == "fp32" else w.bfloat16()
             self.register_buffer(f"read{layer}", w)
             self.register_buffer(f"read_bias{layer}", torch.cat([torch.zeros(self.gates), b_out]))
@@ -161,7 +158,7 @@ class StepNet(nn.Module):
             acc = torch._int_mm(q.to(torch.int8), w.t()).mul(scale)  # fp32; one row: a gemv
         else:  # the same values (exact int32 sums times scale), q shifted to uint8 as it takes
             q, (w, zeros) = q.add_(128).to(torch.uint8), packed
-            acc = onednn.qlinear_pointwise(q, 1.0, 128, w, scale, zeros, *PLAIN_FP32_OUT)
+            acc = torch.ops.onednn.qlinear_pointwise(q, 1.0, 128, w, scale, zeros, *PLAIN_FP32_OUT)
         return torch.addcmul(bias, acc, s)
 
     def logits(self, ids: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:

@@ -18,6 +18,8 @@ PRECISIONS = (  # auto is ours (charrnn.run.train.choose_precision)
 )
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 FLOAT32_MAX = 3.4028234663852886e38  # an optimizer.lr beyond it overflows inside the step
+LR_HINT = "use a number > 0 (and below 3.4e38, the largest float32)"
+LAST_AT_EPOCH_ENDS = " to write last.ckpt at epoch ends only"
 
 
 def _codec(name) -> bool:
@@ -57,14 +59,9 @@ RULES = {  # key -> (test, what to use instead); a missing optional key reads as
     "trainer.accelerator": one_of(ACCELERATORS),
     "trainer.max_epochs": or_null(EPOCHS),
     "trainer.gradient_clip_val": or_null(ABOVE_0, " for no clipping"),
-    "optimizer.lr": (
-        (lambda v: number(v) and 0 < v < FLOAT32_MAX),
-        "use a number > 0 (and below 3.4e38, the largest float32)",
-    ),
+    "optimizer.lr": ((lambda v: number(v) and 0 < v < FLOAT32_MAX), LR_HINT),
     "threads": or_null(POSITIVE, " for all cores"),
-    "callbacks.last_checkpoint.every_n_train_steps": or_null(
-        POSITIVE, " to write last.ckpt at epoch ends only"
-    ),
+    "callbacks.last_checkpoint.every_n_train_steps": or_null(POSITIVE, LAST_AT_EPOCH_ENDS),
     **{key: or_null(PATH) for key in ("ckpt_path", "resume")},
 }
 

@@ -101,9 +101,8 @@ class LastCheckpoint(Checkpoint):
     GracefulStop asks. Not save_last=True: Lightning 2.6.6 writes it only with a new top-k one."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
-        self.path = Path(dirpath) / LAST
-        self.every_n_train_steps = every_n_train_steps
-        self.saved_step: int | None = None
+        self.path, self.every_n_train_steps = Path(dirpath) / LAST, every_n_train_steps
+        self.saved_step: int | None = None  # the step last.ckpt holds, once this run wrote it
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:

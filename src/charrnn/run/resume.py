@@ -71,10 +71,6 @@ def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
     replayed = recorded_overrides(read_checkpoint(ckpt, key="resume", mmap=True), run_dir)
     new = [a for a in args if override_key(a) != "resume"]
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    continuing = [
-        f"resume={_quoted(values[-1])}",
-        f"ckpt_path={_quoted(ckpt)}",
-        f"hydra.run.dir={_quoted(run_dir)}",
-        f"hydra.output_subdir=.hydra/resume-{stamp}",
-    ]
+    in_place = [f"hydra.run.dir={_quoted(run_dir)}", f"hydra.output_subdir=.hydra/resume-{stamp}"]
+    continuing = [f"resume={_quoted(values[-1])}", f"ckpt_path={_quoted(ckpt)}", *in_place]
     return [argv[0], *merge_overrides(merge_overrides(replayed, new), continuing)]

@@ -157,9 +157,8 @@ def write_summary(rows: list[dict], sweep_dir: Path) -> str:
     if common:
         lines += ["", "Common to every job: `" + " ".join(sorted(common)) + "`"]
     table = "\n".join(lines)
-    values = (
-        [" ".join(v) if isinstance(v, list) else v for v in map(row.get, COLUMNS)] for row in rows
-    )
+    as_text = lambda v: " ".join(v) if isinstance(v, list) else v  # noqa: E731  (overrides)
+    values = ([as_text(v) for v in map(row.get, COLUMNS)] for row in rows)
     text = io.StringIO()
     csv.writer(text).writerows([COLUMNS.values(), *values])  # None as an empty cell
     _write_text(sweep_dir / SUMMARY_CSV, text.getvalue())
