@@ -190,12 +190,14 @@ class CharDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.vocab = self.train_ids = self.val_ids = None  # setup() sets them
+        self.vocab = self.train_ids = self.val_ids = self.files = None  # set by setup()
 
     def prepare_data(self) -> None:
-        """The corpus files (downloaded and verified here: Lightning calls this once per node)."""
-        h = self.hparams
-        self.files = locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
+        """The corpus files, downloaded and verified once per process (a cached download is hashed
+        once, however often Lightning and setup() call this)."""
+        if self.files is None:
+            h = self.hparams
+            self.files = locate_corpus(h.path, h.cache_dir, h.url, h.sha256, h.download_timeout)
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:

@@ -157,10 +157,9 @@ def write_summary(rows: list[dict], sweep_dir: Path) -> str:
     if common:
         lines += ["", "Common to every job: `" + " ".join(sorted(common)) + "`"]
     table = "\n".join(lines)
-    as_text = lambda v: " ".join(v) if isinstance(v, list) else v  # noqa: E731  (overrides)
-    values = ([as_text(v) for v in map(row.get, COLUMNS)] for row in rows)
-    text = io.StringIO()
-    csv.writer(text).writerows([COLUMNS.values(), *values])  # None as an empty cell
+    text = io.StringIO()  # a row's missing or None values are empty cells
+    joined = ({**row, "overrides": " ".join(row.get("overrides") or [])} for row in rows)
+    csv.DictWriter(text, COLUMNS, extrasaction="ignore").writerows([COLUMNS, *joined])
     _write_text(sweep_dir / SUMMARY_CSV, text.getvalue())
     _write_text(sweep_dir / SUMMARY_MD, table + "\n")
     return table

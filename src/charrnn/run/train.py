@@ -154,8 +154,7 @@ def build(
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: CharDataModule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule.setup("fit")  # (it locates the corpus first)
     parts = {key: _plain(cfg.get(key)) for key in ("model", "optimizer", "scheduler")}
     module = CharLM(vocab=datamodule.vocab.chars, stateful=cfg.data.stateful, **parts)
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
