@@ -12,9 +12,10 @@ TRAIN  ?= experiment=ten_minutes  # make train's recipe: the best model 10 minut
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt src/charrnn/int8_rows.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev,sweep,onnx]'
+	$(PY) -m charrnn.int8_kernel || echo "(the sampler's int8 product at 2-8 rows: oneDNN's)"
 	$(PY) -m compileall -q -j 0 -x 'py31[2-9]' $(VENV)/lib >/dev/null  # on every core (pip: one); not py3.12+ files
 	touch $(STAMP)
 

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from charrnn import int8_kernel
 from charrnn.errors import CharRNNError
 from charrnn.net import CharRNN
-from charrnn.sampling import Sampler, resolve_precision, seed_generator
+from charrnn.sampling import Sampler, int8_rows_weights, resolve_precision, seed_generator
 from charrnn.vocab import Vocab
 
 VOCAB = Vocab("\n !,.:?ADEIJLMNORTUaeghilnorstuy")
@@ -100,10 +101,27 @@ def test_int8_product_is_w8a8_and_each_row_its_own():
     with torch.no_grad():
         batch = step.product(0, h)
         assert all(torch.equal(step.product(0, h[i : i + 1])[0], batch[i]) for i in range(5))
-        if step.packed[0] is not None:  # oneDNN's packed kernel and the exported graph's _int_mm
-            step.packed = [None] * step.layers
+        for kernel in ("vnni", "onednn"):  # int8_rows.cpp, oneDNN, then the export's _int_mm
+            setattr(step, kernel, [None] * step.layers)
             assert torch.equal(step.product(0, h), batch)
     torch.testing.assert_close(batch, want, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_rows_kernel_is_built_where_the_cpu_runs_it_and_exact():
+    """make install builds int8_rows.cpp where the CPU has AVX-512 VNNI (and only there is it
+    loaded); its sums are _int_mm's, its rounding the fp32 epilogue's, for 1-8 rows and widths
+    that are not whole blocks (67 outputs: 16 * 4 + 3; 13 inputs: 4 * 3 + 1)."""
+    generator = seed_generator(3)
+    w = torch.randint(-127, 128, (67, 13), generator=generator, dtype=torch.int8)
+    scale, bias = torch.rand(67, generator=generator), torch.randn(67, generator=generator)
+    rows = int8_rows_weights(w)
+    assert int8_kernel.load() == int8_kernel.supported() == (rows is not None)
+    for m in range(1, 9) if rows is not None else []:
+        q = torch.randint(-127, 128, (m, 13), generator=generator).float()
+        s = torch.rand(m, 1, generator=generator)
+        want = torch.addcmul(bias, torch._int_mm(q.to(torch.int8), w.t()).mul(scale), s)
+        got = torch.ops.charrnn.int8_rows(q.add(128).to(torch.uint8), *rows, scale, s, bias)
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])

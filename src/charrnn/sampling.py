@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from charrnn import int8_kernel
 from charrnn.errors import CharRNNError, check, number, whole
 from charrnn.fused_gru import bf16_matmul_supported
 from charrnn.vocab import Vocab
@@ -45,6 +46,18 @@ def onednn_int8_weight(w: Tensor) -> tuple[Tensor, Tensor] | None:
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
         return None
     return packed, torch.zeros(w.shape[0], dtype=torch.long)
+
+
+def int8_rows_weights(w: Tensor) -> tuple[Tensor, Tensor] | None:
+    """int8 weights [N, K] packed [N/16, K/4, 16, 4] for int8_rows.cpp, with 128 * their row sums
+    (it takes q + 128 as uint8); None where the kernel is not built or this CPU cannot run it."""
+    if w.device.type != "cpu" or not int8_kernel.load():
+        return None
+    (n, k), (n16, k4) = w.shape, (-(-w.shape[0] // 16), -(-w.shape[1] // 4))
+    padded = torch.zeros(n16 * 16, k4 * 4, dtype=torch.int8)
+    padded[:n, :k] = w
+    packed = padded.view(n16, 16, k4, 4).transpose(1, 2).contiguous()
+    return packed, w.sum(1, dtype=torch.int32).mul_(128)
 
 
 def clean_prompt(
@@ -99,7 +112,7 @@ class StepNet(nn.Module):
         rnn, head = net.rnn, net.head
         self.lstm, self.precision = isinstance(rnn, nn.LSTM), precision
         self.layers, size = rnn.num_layers, rnn.hidden_size
-        self.size, self.packed = size, []  # int8: each layer's weights packed for oneDNN (or None)
+        self.size, self.vnni, self.onednn = size, [], []  # int8: packed for int8_rows.cpp, oneDNN
         self.gates = (4 if self.lstm else 3) * size
         weight = lambda name: getattr(rnn, name).detach().float()  # noqa: E731
         hh_bias = []  # what of b_hh is added to the input side (all but a GRU's b_hn)
@@ -131,7 +144,8 @@ class StepNet(nn.Module):
                 scale = (w.abs().amax(1) / 127).clamp_min(1e-30)
                 self.register_buffer(f"scale{layer}", scale)
                 w = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-                self.packed.append(onednn_int8_weight(w))
+                self.vnni.append(int8_rows_weights(w))
+                self.onednn.append(onednn_int8_weight(w))
             else:  # fp32 transposed (h @ W [H, G + out] streams W once for all rows); bf16 as is
                 w = w.t().contiguous() if precision == "fp32" else w.bfloat16()
             self.register_buffer(f"read{layer}", w)
@@ -151,13 +165,16 @@ class StepNet(nn.Module):
         if self.precision == "bf16":
             return nn.functional.linear(h.bfloat16(), w).float().add_(bias)
         s = h.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127
-        q, scale, packed = (h / s).round_(), getattr(self, f"scale{layer}"), self.packed[layer]
+        q, scale, rows = (h / s).round_(), getattr(self, f"scale{layer}"), h.shape[0]
+        vnni, onednn = self.vnni[layer], self.onednn[layer]
         if torch.compiler.is_exporting():  # (_to_copy: q.to would add a 3 us metadata assert)
             acc = torch._int_mm(torch.ops.aten._to_copy(q, dtype=torch.int8), w.t()).mul(scale)
-        elif packed is None or h.shape[0] == 1:
+        elif rows == 1 or (vnni is None and onednn is None):
             acc = torch._int_mm(q.to(torch.int8), w.t()).mul(scale)  # fp32; one row: a gemv
+        elif vnni is not None and rows <= 8:  # the same values, the weights read once for all rows
+            return torch.ops.charrnn.int8_rows(q.add_(128).to(torch.uint8), *vnni, scale, s, bias)
         else:  # the same values (exact int32 sums times scale), q shifted to uint8 as it takes
-            q, (w, zeros) = q.add_(128).to(torch.uint8), packed
+            q, (w, zeros) = q.add_(128).to(torch.uint8), onednn
             acc = torch.ops.onednn.qlinear_pointwise(q, 1.0, 128, w, scale, zeros, *PLAIN_FP32_OUT)
         return torch.addcmul(bias, acc, s)
 
