@@ -119,12 +119,13 @@ class StepNet(nn.Module):
         for layer in range(self.layers):
             b = weight(f"bias_hh_l{layer}").clone()
             if not self.lstm:
-                self.register_buffer(f"b_hn{layer}", b[2 * size :].clone())
+                self.register_buffer(f"b_hn{layer}", b[2 * size :] * 2)
                 b[2 * size :] = 0
             hh_bias.append(b)
-        # an LSTM's g rows doubled: tanh(a) = 2 sigmoid(2a) - 1 comes out of the one sigmoid of all
-        # its gates (x2 is exact at every precision: int8 just doubles that row's scale)
-        g = slice(2 * size, 3 * size) if self.lstm else slice(0, 0)
+        # an LSTM's g rows and a GRU's n rows doubled: tanh(a) = 2 sigmoid(2a) - 1, and ATen's tanh
+        # takes 3-4x its sigmoid (an LSTM's g comes out of the one sigmoid of all its gates; x2 is
+        # exact at every precision: int8 just doubles that row's scale)
+        g = slice(2 * size, 3 * size)
         emb = net.embedding.weight.detach().float()
         table = emb @ weight("weight_ih_l0").t() + weight("bias_ih_l0") + hh_bias[0]
         table[:, g] *= 2
@@ -186,14 +187,16 @@ class StepNet(nn.Module):
             h, hh = state[layer], state[-layers + layer]
             if self.lstm:  # (split/chunk/narrow: one op for several views, unlike x[:, a:b])
                 i, f, g, o = torch.sigmoid(x + hh).chunk(4, 1)  # g: sigmoid(2a)
-                c = torch.addcmul(f * state[layers + layer], i, g, value=2).sub_(i)  # i tanh(a)
-                h = o * torch.tanh(c)
+                # the state holds 2c: 2 f c + 2 i tanh(a) = f (2c) + 4 i g - 2 i
+                c = torch.addcmul(f * state[layers + layer], i, g, value=4).sub_(i, alpha=2)
+                h = torch.addcmul(o.neg(), o, torch.sigmoid(c), value=2)  # o tanh(c)
                 new[layers + layer] = c
             else:
                 x_rz, x_n = x.split([2 * size, size], 1)
                 hh_rz, hh_n = hh.split([2 * size, size], 1)
                 r, z = torch.sigmoid(x_rz + hh_rz).chunk(2, 1)
-                n = torch.tanh(torch.addcmul(x_n, r, hh_n + getattr(self, f"b_hn{layer}")))
+                a = torch.addcmul(x_n, r, hh_n + getattr(self, f"b_hn{layer}"))  # 2x tanh's input
+                n = torch.sigmoid(a).mul_(2).sub_(1)
                 h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             out = self.product(layer, h)
             new[layer] = h
