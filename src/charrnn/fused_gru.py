@@ -30,10 +30,20 @@ def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype 
     enough calls, rows > 1). With `dtype` (bf16) the weight is cast once, each product back to fp32:
     on CPU, elementwise ops mixing bf16 and fp32 are several times slower than one cast."""
     result, dtype = weight.dtype, dtype or weight.dtype
-    packable = weight.dtype == dtype == torch.float32 and weight.device.type == "cpu"
-    if _MKL_PACKED and packable and calls >= MIN_STEPS and rows > 1:
+    packable = weight.device.type == "cpu" and calls >= MIN_STEPS and rows > 1
+    if _MKL_PACKED and packable and weight.dtype == dtype == torch.float32:
         packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
         return lambda x, bias=None: torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+    if packable and dtype == torch.bfloat16 and bf16_matmul_supported():
+        # oneDNN's prepacked bf16 linear: 1.4x torch.mm at 64 x 1024 x 3072 (near the bf16 peak)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), rows)
+
+        def packed_product(x, bias=None):
+            bias = None if bias is None else bias.to(dtype)
+            y = torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, "none", [], "")
+            return y.to(result)
+
+        return packed_product
     # a contiguous right operand is faster than a view; cast and copy in one pass
     transposed = weight.t().to(dtype, memory_format=torch.contiguous_format)
 
