@@ -256,3 +256,15 @@ def trained_run(tmp_path_factory) -> Path:
     )
     train(cfg, run_dir)
     return root
+
+
+def spy_on_recurrence(monkeypatch, recurrence) -> list:
+    """The dtypes of gi that a fused layer's autograd Function sees, one per layer and call."""
+    seen, forward = [], recurrence.forward
+
+    def spy(ctx, gi, *args):
+        seen.append(gi.dtype)
+        return forward(ctx, gi, *args)
+
+    monkeypatch.setattr(recurrence, "forward", staticmethod(spy))
+    return seen

@@ -3,11 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, train_config
+from conftest import TINY, spy_on_recurrence, train_config
 from torch import nn
 
 from charrnn.errors import CharRNNError
 from charrnn.fused_gru import FusedGRU, GRURecurrence, bf16_matmul_supported
+from charrnn.fused_lstm import FusedLSTM
 from charrnn.net import CharRNN
 from charrnn.run.config import validate_train
 
@@ -122,7 +123,8 @@ def test_charrnn_impl_chooses_the_layer_and_checkpoints_move_between_them():
     auto = CharRNN(10, "gru", 8, 16, impl="auto").double()
     plain = CharRNN(10, "gru", 8, 16, impl="torch").double()
     assert type(auto.rnn) is FusedGRU and type(plain.rnn) is nn.GRU
-    assert type(CharRNN(10, "lstm", 8, 16).rnn) is nn.LSTM
+    assert type(CharRNN(10, "lstm", 8, 16).rnn) is FusedLSTM
+    assert type(CharRNN(10, "lstm", 8, 16, impl="torch").rnn) is nn.LSTM
     plain.load_state_dict(auto.state_dict())  # same keys and shapes
     for ids in (torch.randint(10, (2, 9)), torch.randint(10, (1, 3))):  # table path, plain path
         (logits_a, h_a), (logits_p, h_p) = auto(ids), plain(ids)
@@ -141,7 +143,7 @@ def test_charrnn_impl_chooses_the_layer_and_checkpoints_move_between_them():
         (("model.impl=torch",), True),
         (("model.impl=fused",), True),
         (("model=lstm",), True),
-        (("model=lstm", "model.impl=fused"), False),
+        (("model=lstm", "model.impl=fused"), True),
         (("model.impl=fast",), False),
     ],
 )
@@ -181,15 +183,7 @@ def _close_in_bf16(actual, expected):
 
 
 def _spy_on_recurrence(monkeypatch):
-    """The dtypes of gi that GRURecurrence sees, one per layer and call."""
-    seen, forward = [], GRURecurrence.forward
-
-    def spy(ctx, gi, *args):
-        seen.append(gi.dtype)
-        return forward(ctx, gi, *args)
-
-    monkeypatch.setattr(GRURecurrence, "forward", staticmethod(spy))
-    return seen
+    return spy_on_recurrence(monkeypatch, GRURecurrence)
 
 
 def _refuse_nn_gru(monkeypatch):

@@ -6,9 +6,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from charrnn.fused_gru import FusedGRU
+from charrnn.fused_lstm import FusedLSTM
 
 RNN_LAYERS = {"gru": nn.GRU, "lstm": nn.LSTM}  # model.cell -> torch's layer
-IMPLS = ("auto", "torch", "fused")  # model.impl: auto = FusedGRU for GRUs, nn.LSTM for LSTMs
+FUSED_LAYERS = {"gru": FusedGRU, "lstm": FusedLSTM}  # the same weights and keys, faster on CPU
+IMPLS = ("auto", "torch", "fused")  # model.impl: auto = fused = FUSED_LAYERS, torch = RNN_LAYERS
 
 Hidden = Tensor | tuple[Tensor, Tensor]
 
@@ -35,8 +37,7 @@ class CharRNN(nn.Module):
         self.weight_drop, self.locked = weight_drop, locked_dropout
         self.emb_dropout, self.out_dropout = emb_dropout, out_dropout  # probabilities: see _dropout
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        # auto: FusedGRU for GRUs (faster on CPU, same weights and keys), nn.LSTM (oneDNN-fused)
-        layer = FusedGRU if cell == "gru" and impl != "torch" else RNN_LAYERS[cell]
+        layer = (RNN_LAYERS if impl == "torch" else FUSED_LAYERS)[cell]
         dropout = dropout if num_layers > 1 else 0.0
         self.rnn = layer(embedding_dim, rnn_units, num_layers, batch_first=True, dropout=dropout)
         self.head = nn.Linear(rnn_units, vocab_size)
@@ -48,9 +49,9 @@ class CharRNN(nn.Module):
     def forward(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
         by_layer = self.training and self.locked and self.rnn.dropout  # locked masks between
         emb_dropout = self.training and self.emb_dropout
-        if isinstance(self.rnn, FusedGRU) and not (emb_dropout or by_layer):
+        if isinstance(self.rnn, (FusedGRU, FusedLSTM)) and not (emb_dropout or by_layer):
             out, hidden = self._rnn(self.rnn, ids, hidden, embedding=self.embedding.weight)
-        else:  # with embedding=, FusedGRU does the same as here, faster
+        else:  # with embedding=, the fused layers do the same as here, faster
             x = self._dropout(self.emb_dropout, self.embedding(ids))
             out, hidden = self._by_layer(x, hidden) if by_layer else self._rnn(self.rnn, x, hidden)
         return self.head(self._dropout(self.out_dropout, out)), hidden

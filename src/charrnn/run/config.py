@@ -70,10 +70,7 @@ def validate_train(cfg: DictConfig) -> None:
     """Every user-facing value of a training config, checked against its allowed range."""
     from charrnn.net import IMPLS, RNN_LAYERS  # here: registering the resolvers needs no torch
 
-    cell = cfg.model.cell
-    impls = IMPLS if cell == "gru" else tuple(i for i in IMPLS if i != "fused")
-    impl = (lambda v: v in impls), f"choose one of {', '.join(impls)} for model.cell={cell}"
-    rules = {"model.cell": one_of(tuple(RNN_LAYERS)), "model.impl": impl, **RULES}
+    rules = {"model.cell": one_of(tuple(RNN_LAYERS)), "model.impl": one_of(IMPLS), **RULES}
     check(lambda key: OmegaConf.select(cfg, key, default=None), rules)
 
 
