@@ -2,7 +2,7 @@
 
 `nn.GRU` on CPU has autograd replay the sequence, a dozen small ops per step. Here backward is
 by hand (gate gradients times coefficients saved forward) with one sequence-long weight-gradient
-product; per-step products use MKL's packed GEMM; after an embedding the input projection is a
+product; per-step products use packed weights (MKL fp32, oneDNN bf16); after an embedding the input projection is a
 table lookup; under CPU bf16 autocast the products take bf16 operands (3-5x fp32 on AVX-512-BF16/
 AMX), parameters, state and gates stay fp32. nn.GRU's parameters, equations and state-dict keys;
 short sequences (sampling) and CUDA tensors take nn.GRU's own path."""
@@ -27,8 +27,9 @@ def bf16_matmul_supported() -> bool:
 def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype | None = None):
     """x -> x @ weight.T (+ bias) for `calls` products of `rows`-row inputs. A plain GEMM re-packs
     the weight every call (a third of a 64-row product); MKL's packed GEMM packs it once (fp32 CPU,
-    enough calls, rows > 1). With `dtype` (bf16) the weight is cast once, each product back to fp32:
-    on CPU, elementwise ops mixing bf16 and fp32 are several times slower than one cast."""
+    enough calls, rows > 1), oneDNN's prepacked linear in bf16 (where the CPU has native bf16).
+    With `dtype` (bf16) the weight is cast once, each product back to fp32: on CPU, elementwise
+    ops mixing bf16 and fp32 are several times slower than one cast."""
     result, dtype = weight.dtype, dtype or weight.dtype
     packable = weight.device.type == "cpu" and calls >= MIN_STEPS and rows > 1
     if _MKL_PACKED and packable and weight.dtype == dtype == torch.float32:
