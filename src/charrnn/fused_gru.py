@@ -2,10 +2,10 @@
 
 `nn.GRU` on CPU has autograd replay the sequence, a dozen small ops per step. Here backward is
 by hand (gate gradients times coefficients saved forward) with one sequence-long weight-gradient
-product; per-step products use packed weights (MKL fp32, oneDNN bf16); after an embedding the input projection is a
-table lookup; under CPU bf16 autocast the products take bf16 operands (3-5x fp32 on AVX-512-BF16/
-AMX), parameters, state and gates stay fp32. nn.GRU's parameters, equations and state-dict keys;
-short sequences (sampling) and CUDA tensors take nn.GRU's own path."""
+product; per-step products use packed weights (MKL fp32, oneDNN bf16); after an embedding the
+input projection is a table lookup; under CPU bf16 autocast the products take bf16 operands (3-5x
+fp32 on AVX-512-BF16/AMX), parameters, state and gates stay fp32. nn.GRU's parameters, equations
+and state-dict keys; short sequences (sampling) and CUDA tensors take nn.GRU's own path."""
 
 import torch
 import torch.nn.functional as F
@@ -123,11 +123,28 @@ class GRURecurrence(torch.autograd.Function):
         return grad_gi, carry, grad_w_hh, grad_b_hh, None
 
 
+def cpu_bf16_autocast(device_type: str) -> bool:
+    """Whether CPU autocast to bf16 is on for `device_type`: the one autocast the fused layers run."""
+    return (
+        device_type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
 def _fusable_autocast(device_type: str) -> bool:
     """No autocast, or CPU autocast to bf16: the casts GRURecurrence knows (others go to nn.GRU)."""
-    if not torch.is_autocast_enabled(device_type):
-        return True
-    return device_type == "cpu" and torch.get_autocast_dtype(device_type) == torch.bfloat16
+    return not torch.is_autocast_enabled(device_type) or cpu_bf16_autocast(device_type)
+
+
+def first_projections(rnn: nn.RNNBase, x: torch.Tensor, embedding=None) -> torch.Tensor:
+    """Layer 0's input projections with bias, time-major [T, B, G]. With `embedding`, `x` holds
+    ids and each vocabulary row is projected once, not each position: a gather forward and a
+    scatter-add backward replace three sequence-long products."""
+    w, b, batch_first = rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.batch_first
+    if embedding is not None:
+        return F.embedding(x.t() if batch_first else x, F.linear(embedding, w, b))
+    return F.linear(x.transpose(0, 1) if batch_first else x, w, b)
 
 
 class FusedGRU(nn.GRU):
@@ -141,19 +158,16 @@ class FusedGRU(nn.GRU):
 
     def forward(self, input, hx=None, embedding=None):  # noqa: A002 - nn.GRU's signature
         """nn.GRU's forward; with `embedding`, `input` holds ids and the result is that of
-        forward(embedding[ids]), each vocabulary row projected once, not each position: a gather
-        forward and a scatter-add backward replace three sequence-long products."""
+        forward(embedding[ids]), with the table lookup of `first_projections`."""
         if embedding is not None:
             small = input.dim() != 2 or input.numel() <= embedding.shape[0]
             if input.is_cuda or small or not _fusable_autocast(input.device.type):
                 return self.forward(F.embedding(input, embedding), hx)
-            table = F.linear(embedding, self.weight_ih_l0, self.bias_ih_l0)
-            return self._layers(F.embedding(input.t() if self.batch_first else input, table), hx)
+            return self._layers(first_projections(self, input, embedding), hx)
         steps = input.shape[1 if self.batch_first else 0] if input.dim() == 3 else 0
         if input.is_cuda or steps < MIN_STEPS or not _fusable_autocast(input.device.type):
             return super().forward(input, hx)
-        x = input.transpose(0, 1) if self.batch_first else input  # time-major
-        return self._layers(F.linear(x, self.weight_ih_l0, self.bias_ih_l0), hx)
+        return self._layers(first_projections(self, input), hx)
 
     def _layers(self, gi: torch.Tensor, hx):
         """All layers from the first layer's input projections gi [T, B, 3H]."""

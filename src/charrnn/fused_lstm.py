@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn.fused_gru import MIN_STEPS, row_product
+from charrnn.fused_gru import MIN_STEPS, cpu_bf16_autocast, first_projections, row_product
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -66,14 +66,6 @@ class LSTMRecurrence(torch.autograd.Function):
         return grad_gates, carry_h, carry_c, grad_w_hh, grad_b_hh
 
 
-def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
-    return (
-        x.device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-
-
 class FusedLSTM(nn.LSTM):
     """Drop-in `nn.LSTM` (unidirectional, no projection) whose CPU bf16-autocast path is
     `LSTMRecurrence`, with fp32 outputs and states as nn.LSTM returns there."""
@@ -87,15 +79,11 @@ class FusedLSTM(nn.LSTM):
         """nn.LSTM's forward; with `embedding`, `input` holds ids (see FusedGRU.forward)."""
         batched = input.dim() == (3 if embedding is None else 2)  # (not an unbatched sequence)
         steps = input.shape[1 if self.batch_first else 0] if batched else 0
-        if steps < MIN_STEPS or not _cpu_bf16_autocast(input if embedding is None else embedding):
+        device = (input if embedding is None else embedding).device.type
+        if steps < MIN_STEPS or not cpu_bf16_autocast(device):
             x = input if embedding is None else F.embedding(input, embedding)
             return super().forward(x, hx)
-        if embedding is not None:
-            table = F.linear(embedding, self.weight_ih_l0, self.bias_ih_l0)
-            gi = F.embedding(input.t() if self.batch_first else input, table)
-        else:
-            x = input.transpose(0, 1) if self.batch_first else input  # time-major
-            gi = F.linear(x, self.weight_ih_l0, self.bias_ih_l0)
+        gi = first_projections(self, input, embedding)
         if hx is None:
             zeros = gi.new_zeros(self.num_layers, gi.shape[1], self.hidden_size, dtype=torch.float)
             hx = (zeros, zeros)
