@@ -169,7 +169,7 @@ def measure_quality(
     greedy_length: int = 1000,
     prompt: str = "ROMEO:",
 ) -> dict[str, dict[str, float]]:
-    """Per precision, against fp32: the mean log-likelihood (nats/char) of the first `val_chars`
+    """Per precision, against fp32: the mean loss (nats/char) of the first `val_chars`
     characters of the corpus' val split (its last `val_frac`), teacher-forced through the step,
     and greedy agreement over `greedy_length` characters: the share of positions where the step,
     fed fp32's greedy text, picks fp32's character, and how long the free-running texts agree."""
@@ -189,7 +189,7 @@ def measure_quality(
         same = [a == b for a, b in zip(sample, greedy, strict=True)] + [False]
         quality[name] = {
             "val_chars": ids.numel() - 1,
-            "val_loglik": float(teacher_forced(sampler.step, ids)[0].mean()),
+            "val_loss": -float(teacher_forced(sampler.step, ids)[0].mean()),
             "greedy_agreement": float((picks == forced[len(prompt) :]).float().mean()),
             "greedy_same_prefix": same.index(False),
         }
@@ -255,8 +255,8 @@ def main() -> None:
     print(f"quality of {args.checkpoint} on the first {args.val_chars} val chars of {args.corpus}:")
     for p, row in quality.items():
         print(
-            f"  {p}: val {row['val_loglik']:.5f} nats/char "
-            f"({row['val_loglik'] - quality['fp32']['val_loglik']:+.5f} vs fp32); greedy agrees "
+            f"  {p}: val loss {row['val_loss']:.5f} nats/char "
+            f"({row['val_loss'] - quality['fp32']['val_loss']:+.5f} vs fp32); greedy agrees "
             f"with fp32 at {row['greedy_agreement']:.1%} of 1,000 positions, identical for the "
             f"first {row['greedy_same_prefix']}"
         )

@@ -691,15 +691,15 @@ def table(results: dict) -> str:
         if quality is None:
             lines.append("  Quality: no trained checkpoint given (--checkpoint), so none reported")
         else:
-            fp32 = quality["fp32"]["val_loglik"]
+            fp32 = quality["fp32"]["val_loss"]
             lines.append(
                 f"  Quality of {g['quality_of']['checkpoint']}, teacher-forced through the step "
                 f"over the first {quality['fp32']['val_chars'] + 1:,} val chars:"
             )
             for precision, row in quality.items():
                 lines.append(
-                    f"    {precision}: {row['val_loglik']:.5f} nats/char "
-                    f"({row['val_loglik'] - fp32:+.5f} vs fp32); greedy picks fp32's character "
+                    f"    {precision}: loss {row['val_loss']:.5f} nats/char "
+                    f"({row['val_loss'] - fp32:+.5f} vs fp32); greedy picks fp32's character "
                     f"at {row['greedy_agreement']:.1%} of {g['length']:,} positions, the same "
                     f"text for {row['greedy_same_prefix']:,}"
                 )
