@@ -2,7 +2,7 @@
 
 `nn.GRU` on CPU has autograd replay the sequence, a dozen small ops per step. Here backward is
 by hand (gate gradients times coefficients saved forward) with one sequence-long weight-gradient
-product; per-step products use packed weights (MKL fp32, oneDNN bf16); after an embedding the
+product; per-step products use oneDNN's prepacked weights; after an embedding the
 input projection is a table lookup; under CPU bf16 autocast the products take bf16 operands (3-5x
 fp32 on AVX-512-BF16/AMX), parameters, state and gates stay fp32. nn.GRU's parameters, equations
 and state-dict keys; short sequences (sampling) and CUDA tensors take nn.GRU's own path."""
@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 MIN_STEPS = 8  # shorter sequences (e.g. sampling, one character per call) go through nn.GRU's C++
 
 
@@ -24,19 +23,24 @@ def bf16_matmul_supported() -> bool:
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
+def onednn_products(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs the CPU products in `dtype`: fp32 wherever torch has it (MKL runs AVX2
+    code on AMD: at 64 x 1024 x 3072 oneDNN's prepacked sgemm is 2.7x MKL's packed on a Zen 5,
+    1.4x with oneDNN held to AVX2 too), bf16 where the CPU multiplies it natively."""
+    if dtype == torch.bfloat16:
+        return bf16_matmul_supported()
+    return dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
 def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype | None = None):
     """x -> x @ weight.T (+ bias) for `calls` products of `rows`-row inputs. A plain GEMM re-packs
-    the weight every call (a third of a 64-row product); MKL's packed GEMM packs it once (fp32 CPU,
-    enough calls, rows > 1), oneDNN's prepacked linear in bf16 (where the CPU has native bf16).
-    With `dtype` (bf16) the weight is cast once, each product back to fp32: on CPU, elementwise
-    ops mixing bf16 and fp32 are several times slower than one cast."""
+    the weight every call (a third of a 64-row product); oneDNN's prepacked linear packs it once
+    (CPU, enough calls, rows > 1). With `dtype` (bf16) the weight is cast once, each product back
+    to fp32: on CPU, elementwise ops mixing bf16 and fp32 are several times slower than one cast."""
     result, dtype = weight.dtype, dtype or weight.dtype
     packable = weight.device.type == "cpu" and calls >= MIN_STEPS and rows > 1
-    if _MKL_PACKED and packable and weight.dtype == dtype == torch.float32:
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
-        return lambda x, bias=None: torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
-    if packable and dtype == torch.bfloat16 and bf16_matmul_supported():
-        # oneDNN's prepacked bf16 linear: 1.4x torch.mm at 64 x 1024 x 3072 (near the bf16 peak)
+    if packable and onednn_products(dtype):
+        # 1.4x torch.mm at 64 x 1024 x 3072 in bf16 (near the bf16 peak), 2.7x in fp32 on AMD
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), rows)
 
         def packed_product(x, bias=None):
@@ -54,6 +58,14 @@ def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype 
         return y.to(result)
 
     return product
+
+
+def gradient_product(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """grad.T @ inputs over every position: a weight gradient. In fp32 through oneDNN (1.3x
+    torch.mm's MKL at 3072 x 6400 x 1024 on AMD); bf16 torch.mm is oneDNN's already."""
+    if grad.dtype == torch.float32 and grad.device.type == "cpu" and onednn_products(grad.dtype):
+        return torch.ops.mkldnn._linear_pointwise(grad.t(), inputs.t(), None, "none", [], "")
+    return grad.t().mm(inputs)
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -115,7 +127,8 @@ class GRURecurrence(torch.autograd.Function):
         flat_gh = grad_gh.view(-1, 3 * size)
         grad_gi = grad_w_hh = grad_b_hh = None
         if ctx.needs_input_grad[2]:  # one sequence-long product instead of one per step
-            grad_w_hh = flat_gh.t().mm(states[:-1].reshape(-1, size).to(dtype)).to(w_hh.dtype)
+            grad_w_hh = gradient_product(flat_gh, states[:-1].reshape(-1, size).to(dtype))
+            grad_w_hh = grad_w_hh.to(w_hh.dtype)
         if ctx.needs_input_grad[3]:
             grad_b_hh = flat_gh.sum(0).to(w_hh.dtype)  # fp32 accumulation inside
         if ctx.needs_input_grad[0]:

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn.fused_gru import MIN_STEPS, cpu_bf16_autocast, first_projections, row_product
+from charrnn.fused_gru import (
+    MIN_STEPS,
+    cpu_bf16_autocast,
+    first_projections,
+    gradient_product,
+    row_product,
+)
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -60,7 +66,8 @@ class LSTMRecurrence(torch.autograd.Function):
         flat = grad_gates.view(-1, four_h)
         grad_w_hh = grad_b_hh = None
         if ctx.needs_input_grad[3]:  # one sequence-long product instead of one per step
-            grad_w_hh = flat.t().mm(hs[:-1].reshape(-1, hs.shape[2]).to(dtype)).to(w_hh.dtype)
+            grad_w_hh = gradient_product(flat, hs[:-1].reshape(-1, hs.shape[2]).to(dtype))
+            grad_w_hh = grad_w_hh.to(w_hh.dtype)
         if ctx.needs_input_grad[4]:
             grad_b_hh = flat.sum(0).to(w_hh.dtype)
         return grad_gates, carry_h, carry_c, grad_w_hh, grad_b_hh
