@@ -7,7 +7,7 @@ from conftest import TINY, spy_on_recurrence, train_config
 from torch import nn
 
 from charrnn.errors import CharRNNError
-from charrnn.fused_gru import FusedGRU, GRURecurrence, bf16_matmul_supported
+from charrnn.fused_gru import FusedGRU, GRURecurrence, bf16_matmul_supported, onednn_products
 from charrnn.fused_lstm import FusedLSTM
 from charrnn.net import CharRNN
 from charrnn.run.config import validate_train
@@ -51,7 +51,11 @@ def test_matches_nn_gru_in_float64(layers, batch_first, given_state):
         torch.testing.assert_close(g_f, g_r, rtol=1e-10, atol=1e-12)
 
 
-def test_matches_nn_gru_in_float32_on_a_long_sequence():
+@pytest.mark.parametrize("cpu", ["this", "arm"])  # arm: no AVX2, so torch.mm, not oneDNN
+def test_matches_nn_gru_in_float32_on_a_long_sequence(monkeypatch, cpu):
+    if cpu == "arm":
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"asimd": True})
+        assert not onednn_products(torch.float32) and not onednn_products(torch.bfloat16)
     reference, fused = _pair(2, True, torch.float32)
     x = torch.randn(4, 60, 5)
     h0 = torch.randn(2, 4, 7)
@@ -262,10 +266,12 @@ def test_charrnn_learns_under_bf16_autocast_on_the_fused_path(monkeypatch):
 def test_bf16_matmul_support_follows_the_cpu_flags(monkeypatch):
     assert isinstance(bf16_matmul_supported(), bool)
     for flags, expected in [
-        ({"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, False),  # e.g. Skylake-X
+        ({"avx2": True, "avx512_f": True, "avx512_bf16": False}, False),  # e.g. Skylake-X
         ({"avx2": True}, False),
-        ({"avx512_f": True, "avx512_bf16": True}, True),  # e.g. AMD Zen 4, Cooper Lake
-        ({"avx512_f": True, "amx_bf16": True, "amx_tile": True}, True),  # Sapphire Rapids
+        ({"avx2": True, "avx512_f": True, "avx512_bf16": True}, True),  # AMD Zen 4, Cooper Lake
+        ({"avx2": True, "avx512_f": True, "amx_bf16": True, "amx_tile": True}, True),  # SPR
     ]:
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
         assert bf16_matmul_supported() is expected
+        assert onednn_products(torch.bfloat16) is expected
+        assert onednn_products(torch.float32) is ("avx2" in flags)  # where it was measured

@@ -24,12 +24,14 @@ def bf16_matmul_supported() -> bool:
 
 
 def onednn_products(dtype: torch.dtype) -> bool:
-    """Whether oneDNN runs the CPU products in `dtype`: fp32 wherever torch has it (MKL runs AVX2
-    code on AMD: at 64 x 1024 x 3072 oneDNN's prepacked sgemm is 2.7x MKL's packed on a Zen 5,
-    1.4x with oneDNN held to AVX2 too), bf16 where the CPU multiplies it natively."""
+    """Whether oneDNN runs the CPU products in `dtype`: bf16 where the CPU multiplies it natively,
+    fp32 on x86 with AVX2, where it was measured (MKL runs AVX2 code on AMD: at 64 x 1024 x 3072
+    oneDNN's prepacked sgemm is 2.7x MKL's packed on a Zen 5, 1.4x with oneDNN held to AVX2 too);
+    elsewhere (ARM) torch.mm."""
     if dtype == torch.bfloat16:
         return bf16_matmul_supported()
-    return dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    avx2 = torch.cpu.get_capabilities().get("avx2")
+    return dtype == torch.float32 and bool(avx2) and torch.backends.mkldnn.is_available()
 
 
 def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype | None = None):
@@ -63,7 +65,7 @@ def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype 
 def gradient_product(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """grad.T @ inputs over every position: a weight gradient. In fp32 through oneDNN (1.3x
     torch.mm's MKL at 3072 x 6400 x 1024 on AMD); bf16 torch.mm is oneDNN's already."""
-    if grad.dtype == torch.float32 and grad.device.type == "cpu" and onednn_products(grad.dtype):
+    if grad.device.type == "cpu" and grad.dtype == torch.float32 and onednn_products(grad.dtype):
         return torch.ops.mkldnn._linear_pointwise(grad.t(), inputs.t(), None, "none", [], "")
     return grad.t().mm(inputs)
 
