@@ -70,6 +70,38 @@ def gradient_product(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return grad.t().mm(inputs)
 
 
+class OneDNNLinear(torch.autograd.Function):
+    """F.linear of fp32 CPU rows x [N, in], forward and backward through oneDNN: a later layer's
+    input projection for the whole sequence, 1.7x F.linear's MKL on AMD (6400 x 1024 -> 3072)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # grad @ weight
+            grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            grad_w = gradient_product(grad, x)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias) over a whole sequence, through OneDNNLinear where the fp32
+    products are oneDNN's (no autocast: under it F.linear's bf16 product is oneDNN's already)."""
+    fp32 = x.device.type == "cpu" and x.dtype == torch.float32
+    if not fp32 or torch.is_autocast_enabled("cpu") or not onednn_products(x.dtype):
+        return F.linear(x, weight, bias)
+    rows = OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+    return rows.view(*x.shape[:-1], weight.shape[0])
+
+
 class GRURecurrence(torch.autograd.Function):
     """One GRU layer's recurrent half, time-major: gi [T, B, 3H] (input projections with bias, in
     the products' dtype), h0 [B, H] (fp32, like state and gates), w_hh, b_hh -> h_1..h_T [T, B, H].
@@ -159,7 +191,7 @@ def first_projections(rnn: nn.RNNBase, x: torch.Tensor, embedding=None) -> torch
     w, b, batch_first = rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.batch_first
     if embedding is not None:
         return F.embedding(x.t() if batch_first else x, F.linear(embedding, w, b))
-    return F.linear(x.transpose(0, 1) if batch_first else x, w, b)
+    return projection(x.transpose(0, 1) if batch_first else x, w, b)
 
 
 class FusedGRU(nn.GRU):
@@ -192,7 +224,7 @@ class FusedGRU(nn.GRU):
         finals, x = [], None
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.all_weights):
             if layer:  # (dropout with p = 0 or in eval returns x itself)
-                gi = F.linear(F.dropout(x, self.dropout, self.training), w_ih, b_ih)
+                gi = projection(F.dropout(x, self.dropout, self.training), w_ih, b_ih)
             x = GRURecurrence.apply(gi, hx[layer], w_hh, b_hh, torch.is_grad_enabled())
             finals.append(x[-1])
         out = x.transpose(0, 1) if self.batch_first else x
