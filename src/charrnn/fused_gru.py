@@ -2,10 +2,11 @@
 
 `nn.GRU` on CPU has autograd replay the sequence, a dozen small ops per step. Here backward is
 by hand (gate gradients times coefficients saved forward) with one sequence-long weight-gradient
-product; per-step products use oneDNN's prepacked weights; after an embedding the
-input projection is a table lookup; under CPU bf16 autocast the products take bf16 operands (3-5x
-fp32 on AVX-512-BF16/AMX), parameters, state and gates stay fp32. nn.GRU's parameters, equations
-and state-dict keys; short sequences (sampling) and CUDA tensors take nn.GRU's own path."""
+product; products are oneDNN's (prepacked per step) where `onednn_products` says; after an
+embedding the input projection is a table lookup; under CPU bf16 autocast the products take bf16
+operands (3-5x fp32 on AVX-512-BF16/AMX), parameters, state and gates stay fp32. nn.GRU's
+parameters, equations and state-dict keys; short sequences (sampling) and CUDA tensors take
+nn.GRU's own path."""
 
 import torch
 import torch.nn.functional as F
