@@ -33,6 +33,7 @@ from torch import nn
 
 import charrnn
 from charrnn.errors import CharRNNError, exit_with
+from charrnn.fused_gru import bf16_matmul_supported, onednn_linear, onednn_products
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(charrnn.__file__).resolve().parents[1]  # child processes import the same charrnn
@@ -139,8 +140,6 @@ class Machine:
     """
 
     def __init__(self, plan: Plan, smoke: bool):
-        from charrnn.fused_gru import bf16_matmul_supported, onednn_products
-
         n = self.size = plan.matmul_size
         self.a, self.b = torch.randn(n, n), torch.randn(n, n)
         self.bf16 = bf16_matmul_supported()
@@ -151,7 +150,7 @@ class Machine:
                 self.packed[a.dtype] = torch.ops.mkldnn._reorder_linear_weight(
                     b.t().contiguous(), n
                 )
-                self.onednn_mm(a)  # its first call sets the kernel up
+                onednn_linear(a, self.packed[a.dtype])  # its first call sets the kernel up
         self.calls = 10 if smoke else 50
         self.recurrent = torch.randn(3072, 1024)  # GRU-1024's recurrent weights: 12.6 MB, in cache
         self.samples = {"matmul_gflops": [], "cache_read_gbps": [], "memory_read_gbps": []}
@@ -174,11 +173,8 @@ class Machine:
         fp32 is MKL's AVX2 code: half of oneDNN's AVX-512 sgemm)."""
         seconds = timed(torch.mm, a, b)
         if a.dtype in self.packed:
-            seconds = min(seconds, timed(self.onednn_mm, a))
+            seconds = min(seconds, timed(onednn_linear, a, self.packed[a.dtype]))
         return 2 * self.size**3 / seconds / 1e9
-
-    def onednn_mm(self, a: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(a, self.packed[a.dtype], None, "none", [], "")
 
     @property
     def peak_gflops(self) -> float:

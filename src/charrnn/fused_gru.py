@@ -35,6 +35,11 @@ def onednn_products(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and bool(avx2) and torch.backends.mkldnn.is_available()
 
 
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    """x @ weight.T (+ bias) by oneDNN; `weight` plain (any strides) or prepacked for it."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
 def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype | None = None):
     """x -> x @ weight.T (+ bias) for `calls` products of `rows`-row inputs. A plain GEMM re-packs
     the weight every call (a third of a 64-row product); oneDNN's prepacked linear packs it once
@@ -48,7 +53,7 @@ def row_product(weight: torch.Tensor, rows: int, calls: int, dtype: torch.dtype 
 
         def packed_product(x, bias=None):
             bias = None if bias is None else bias.to(dtype)
-            y = torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, "none", [], "")
+            y = onednn_linear(x.to(dtype), packed, bias)
             return y.to(result)
 
         return packed_product
@@ -67,7 +72,7 @@ def gradient_product(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """grad.T @ inputs over every position: a weight gradient. In fp32 through oneDNN (1.3x
     torch.mm's MKL at 3072 x 6400 x 1024 on AMD); bf16 torch.mm is oneDNN's already."""
     if grad.device.type == "cpu" and grad.dtype == torch.float32 and onednn_products(grad.dtype):
-        return torch.ops.mkldnn._linear_pointwise(grad.t(), inputs.t(), None, "none", [], "")
+        return onednn_linear(grad.t(), inputs.t())
     return grad.t().mm(inputs)
 
 
@@ -78,14 +83,14 @@ class OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # grad @ weight
-            grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, "none", [], "")
+            grad_x = onednn_linear(grad, weight.t())
         if ctx.needs_input_grad[1]:
             grad_w = gradient_product(grad, x)
         if ctx.needs_input_grad[2]:
